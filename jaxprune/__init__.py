@@ -1,0 +1,52 @@
+"""jaxprune: gradual magnitude pruning for JAX, Flax and optax.
+
+TF ``tf.contrib.model_pruning`` semantics (Zhu & Gupta 2017) as pure functions
+over parameter pytrees and one chainable optax transform.
+"""
+
+from jaxprune._src.hparams import PruningHParams, get_pruning_hparams, print_hparams
+from jaxprune._src.masks import (
+    exact_threshold,
+    expand_blocks,
+    histogram_cdf,
+    histogram_threshold,
+    num_kept,
+    pool_blocks,
+    weight_mask,
+)
+from jaxprune._src.pruning import Pruning
+from jaxprune._src.schedule import sparsity_schedule
+from jaxprune._src.state import (
+    PruningState,
+    apply_masks,
+    get_pruning_state,
+    strip_pruning,
+    summaries,
+)
+from jaxprune._src.transform import magnitude_pruning
+from jaxprune._src.tree import default_prunable, path_name
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Pruning",
+    "PruningHParams",
+    "PruningState",
+    "apply_masks",
+    "default_prunable",
+    "exact_threshold",
+    "expand_blocks",
+    "get_pruning_hparams",
+    "get_pruning_state",
+    "histogram_cdf",
+    "histogram_threshold",
+    "magnitude_pruning",
+    "num_kept",
+    "path_name",
+    "pool_blocks",
+    "print_hparams",
+    "sparsity_schedule",
+    "strip_pruning",
+    "summaries",
+    "weight_mask",
+)

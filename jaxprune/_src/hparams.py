@@ -1,0 +1,535 @@
+"""Pruning hyperparameters: TF's ``get_pruning_hparams()`` as a frozen value object.
+
+Every field keeps the name, default (TF r1.15) and meaning it had in
+``tf.contrib.model_pruning``. Instances are immutable and validated when they
+are built, so a bad value fails loudly before any tracing or training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_POOLING_FUNCTIONS = ("AVG", "MAX")
+_THRESHOLD_METHODS = ("exact", "histogram")
+_MAP_FIELDS = ("weight_sparsity_map", "block_dims_map")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningHParams:
+    """Hyperparameters of gradual magnitude pruning (TF ``get_pruning_hparams``).
+
+    Build one with :func:`get_pruning_hparams` and derive variants with
+    :meth:`replace`, :meth:`parse` (TF's HParams string syntax) or
+    :meth:`from_dict`. Instances are frozen and validated at construction.
+
+    Attributes:
+      name: Prefix of the summary names (``"<name>/sparsity"``).
+      begin_pruning_step: First global step at which masks may update.
+      end_pruning_step: Last such step; ``-1`` means pruning never stops.
+      weight_sparsity_map: ``"REGEX:SPARSITY"`` entries giving a weight-specific
+        target sparsity; the regex is matched with ``re.search`` against the
+        parameter's path name (e.g. ``"Dense_0/kernel"``).
+      block_dims_map: ``"REGEX:HxW"`` entries giving a weight-specific block
+        shape (first matching entry wins).
+      threshold_decay: Exponential smoothing of the threshold across updates.
+      pruning_frequency: Minimum number of steps between mask updates.
+      nbins: Histogram bins of the ``"histogram"`` threshold method.
+      block_height: Default block height; ``-1`` means the whole dimension.
+      block_width: Default block width; ``-1`` means the whole dimension.
+      block_pooling_function: ``"AVG"`` or ``"MAX"`` pooling of ``|w|`` over a block.
+      initial_sparsity: Sparsity at ``sparsity_function_begin_step``.
+      target_sparsity: Sparsity from ``sparsity_function_end_step`` on.
+      sparsity_function_begin_step: Start of the gradual sparsity ramp.
+      sparsity_function_end_step: End of the gradual sparsity ramp.
+      sparsity_function_exponent: Exponent of the polynomial ramp (3 = cubic).
+      use_tpu: Accepted for compatibility only; XLA handles every backend.
+      threshold_method: ``"exact"`` (k-th largest magnitude, TF r1.15, the
+        default) or ``"histogram"`` (TF r1.11, uses ``nbins``).
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning
+      for model compression", 2017, https://arxiv.org/abs/1710.01878
+    """
+
+    name: str = "model_pruning"
+    begin_pruning_step: int = 0
+    end_pruning_step: int = -1
+    weight_sparsity_map: tuple[str, ...] = ()
+    block_dims_map: tuple[str, ...] = ()
+    threshold_decay: float = 0.0
+    pruning_frequency: int = 10
+    nbins: int = 256
+    block_height: int = 1
+    block_width: int = 1
+    block_pooling_function: str = "AVG"
+    initial_sparsity: float = 0.0
+    target_sparsity: float = 0.5
+    sparsity_function_begin_step: int = 0
+    sparsity_function_end_step: int = 100
+    sparsity_function_exponent: float = 3.0
+    use_tpu: bool = False
+    threshold_method: str = "exact"
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(field.name, field.type, value))
+        _validate(self)
+
+    # -- construction -----------------------------------------------------
+
+    def replace(self, **kwargs: Any) -> PruningHParams:
+        """Returns a copy with the given fields replaced (and validated).
+
+        Args:
+          **kwargs: field names and their new values.
+
+        Returns:
+          A new, validated :class:`PruningHParams`.
+
+        Raises:
+          ValueError: for an unknown field name or an invalid value.
+
+        Examples:
+          >>> import jaxprune
+          >>> jaxprune.get_pruning_hparams().replace(target_sparsity=0.9).target_sparsity
+          0.9
+        """
+        _check_names(kwargs)
+        return dataclasses.replace(self, **kwargs)
+
+    def parse(self, values: str) -> PruningHParams:
+        """Returns a copy updated from a TF HParams string.
+
+        The syntax is TF's: comma separated ``name=value`` pairs, with list
+        values in brackets, e.g.
+        ``"target_sparsity=0.9,weight_sparsity_map=[conv1:0.8,conv2/kernel:0.8]"``.
+        Unlike TF, which updates in place, this returns a new object.
+
+        Args:
+          values: the HParams string.
+
+        Returns:
+          A new, validated :class:`PruningHParams`.
+
+        Raises:
+          ValueError: on a syntax error, an unknown name, a name given twice or a
+            value of the wrong type or out of range.
+
+        Examples:
+          >>> import jaxprune
+          >>> hp = jaxprune.get_pruning_hparams().parse(
+          ...     "name=test,target_sparsity=0.9,block_dims_map=[dense1:4x4]")
+          >>> hp.name, hp.target_sparsity, hp.block_dims_map
+          ('test', 0.9, ('dense1:4x4',))
+        """
+        return self.replace(**_parse_hparams_string(values))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PruningHParams:
+        """Builds hyperparameters from a dict; missing fields take TF's defaults.
+
+        Args:
+          values: a mapping of field names to values (as from :meth:`to_dict`).
+
+        Returns:
+          A new, validated :class:`PruningHParams`.
+
+        Raises:
+          ValueError: for an unknown field name or an invalid value.
+
+        Examples:
+          >>> import jaxprune
+          >>> jaxprune.PruningHParams.from_dict({"pruning_frequency": 5}).pruning_frequency
+          5
+        """
+        if not isinstance(values, Mapping):
+            raise ValueError(f"hparams must be built from a mapping, got {type(values).__name__}")
+        values = dict(values)
+        _check_names(values)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns every field as a plain dict (map fields as lists).
+
+        Returns:
+          ``{field name: value}`` for all fields, round-trippable through
+          :meth:`from_dict`.
+
+        Examples:
+          >>> import jaxprune
+          >>> jaxprune.get_pruning_hparams().to_dict()["target_sparsity"]
+          0.5
+        """
+        out = dataclasses.asdict(self)
+        for key in _MAP_FIELDS:
+            out[key] = list(out[key])
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(f"{key}={_format_value(v)}" for key, v in self.to_dict().items())
+
+    # -- resolved maps --------------------------------------------------------
+
+    def sparsity_for(self, name: str) -> float | None:
+        """Returns the weight_sparsity_map target for ``name``, or None.
+
+        Args:
+          name: a parameter name such as ``"Dense_0/kernel"``.
+
+        Returns:
+          The map's sparsity for the single entry whose regex ``re.search``-es
+          ``name``, or None when no entry matches.
+
+        Raises:
+          ValueError: if more than one entry matches ``name`` (as in TF).
+
+        Examples:
+          >>> import jaxprune
+          >>> hp = jaxprune.get_pruning_hparams().parse("weight_sparsity_map=[conv1:0.8]")
+          >>> hp.sparsity_for("params/conv1/kernel"), hp.sparsity_for("dense/kernel")
+          (0.8, None)
+        """
+        hits = [
+            (r, float(v)) for r, v in _split_entries(self.weight_sparsity_map) if re.search(r, name)
+        ]
+        if len(hits) > 1:
+            raise ValueError(
+                f"weight_sparsity_map: multiple entries {[h[0] for h in hits]!r} "
+                f"match weight {name!r}"
+            )
+        return hits[0][1] if hits else None
+
+    def block_dims_for(self, name: str | None) -> tuple[int, int]:
+        """Returns the (height, width) block shape for ``name``.
+
+        Args:
+          name: a parameter name, or None for the default block shape.
+
+        Returns:
+          The block dims of the first block_dims_map entry whose regex
+          ``re.search``-es ``name``, else ``(block_height, block_width)``.
+          ``-1`` stands for the whole dimension.
+
+        Examples:
+          >>> import jaxprune
+          >>> hp = jaxprune.get_pruning_hparams().parse("block_dims_map=[dense1:4x4]")
+          >>> hp.block_dims_for("dense1/kernel"), hp.block_dims_for("dense2/kernel")
+          ((4, 4), (1, 1))
+        """
+        if name is not None:
+            for regex, dims in _split_entries(self.block_dims_map):
+                if re.search(regex, name):
+                    h, w = dims.lower().split("x")
+                    return int(h), int(w)
+        return self.block_height, self.block_width
+
+
+def get_pruning_hparams() -> PruningHParams:
+    """Returns the default pruning hyperparameters (TF r1.15 defaults).
+
+    The defaults prune to 50 % sparsity along a cubic ramp over steps 0..100,
+    updating masks every 10 steps with the exact (k-th largest) threshold.
+
+    Returns:
+      A :class:`PruningHParams` with TF's defaults plus
+      ``threshold_method="exact"``.
+
+    Examples:
+      >>> import jaxprune
+      >>> hp = jaxprune.get_pruning_hparams()
+      >>> hp.target_sparsity, hp.pruning_frequency, hp.threshold_method
+      (0.5, 10, 'exact')
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+    """
+    return PruningHParams()
+
+
+def print_hparams(hparams: PruningHParams) -> str:
+    """Prints every field of ``hparams``, one ``name=value`` per line.
+
+    Args:
+      hparams: the hyperparameters to show.
+
+    Returns:
+      The printed text.
+
+    Examples:
+      >>> import jaxprune
+      >>> text = jaxprune.print_hparams(jaxprune.get_pruning_hparams())  # doctest: +ELLIPSIS
+      name=model_pruning
+      begin_pruning_step=0
+      ...
+      threshold_method=exact
+    """
+    text = str(hparams)
+    print(text)
+    return text
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _check_names(values: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(PruningHParams)}
+    for key in values:
+        if key not in known:
+            raise ValueError(f"Unknown hparam {key!r}; known hparams: {sorted(known)}")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(value) + "]"
+    return str(value)
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Type-checks one field value, converting lossless forms (list -> tuple, int -> float)."""
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"hparam {name} must be a string, got {value!r}")
+        return value
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"hparam {name} must be a bool, got {value!r}")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not _is_integral(value):
+            raise ValueError(f"hparam {name} must be an integer, got {value!r}")
+        return int(value)
+    if annotation == "float":
+        if isinstance(value, bool) or not _is_real(value):
+            raise ValueError(f"hparam {name} must be a number, got {value!r}")
+        return float(value)
+    # tuple[str, ...]: the two maps.
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"hparam {name} must be a list of strings, got {value!r}")
+    value = tuple(value)
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"hparam {name} must be a list of strings, got item {item!r}")
+    return tuple(item.strip() for item in value if item.strip())
+
+
+def _is_integral(value: Any) -> bool:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.integer):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(value, int)
+
+
+def _is_real(value: Any) -> bool:
+    try:
+        import numpy as np
+
+        if isinstance(value, (np.integer, np.floating)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(value, (int, float))
+
+
+def _split_entries(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """Splits "REGEX:VALUE" entries at their last colon."""
+    return [tuple(e.rsplit(":", 1)) for e in entries]  # type: ignore[misc]
+
+
+def _check_unit_interval(name: str, value: float) -> None:
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"hparam {name} must be in [0, 1), got {value!r}")
+
+
+def _validate(hp: PruningHParams) -> None:
+    if hp.begin_pruning_step < 0:
+        raise ValueError(f"hparam begin_pruning_step must be >= 0, got {hp.begin_pruning_step}")
+    if hp.end_pruning_step != -1 and hp.end_pruning_step <= hp.begin_pruning_step:
+        raise ValueError(
+            f"hparam end_pruning_step must be -1 or > begin_pruning_step "
+            f"({hp.begin_pruning_step}), got {hp.end_pruning_step}"
+        )
+    if hp.sparsity_function_begin_step < 0:
+        raise ValueError(
+            "hparam sparsity_function_begin_step must be >= 0, "
+            f"got {hp.sparsity_function_begin_step}"
+        )
+    if hp.sparsity_function_end_step <= hp.sparsity_function_begin_step:
+        raise ValueError(
+            "hparam sparsity_function_end_step must be > sparsity_function_begin_step "
+            f"({hp.sparsity_function_begin_step}), got {hp.sparsity_function_end_step}"
+        )
+    for key in ("threshold_decay", "initial_sparsity", "target_sparsity"):
+        _check_unit_interval(key, getattr(hp, key))
+    if not (math.isfinite(hp.sparsity_function_exponent) and hp.sparsity_function_exponent >= 0):
+        raise ValueError(
+            "hparam sparsity_function_exponent must be a finite number >= 0, "
+            f"got {hp.sparsity_function_exponent!r}"
+        )
+    if hp.pruning_frequency < 1:
+        raise ValueError(f"hparam pruning_frequency must be >= 1, got {hp.pruning_frequency}")
+    if hp.nbins < 1:
+        raise ValueError(f"hparam nbins must be >= 1, got {hp.nbins}")
+    for key in ("block_height", "block_width"):
+        _check_block_dim(key, getattr(hp, key))
+    if hp.block_pooling_function not in _POOLING_FUNCTIONS:
+        raise ValueError(
+            f"hparam block_pooling_function must be one of {_POOLING_FUNCTIONS}, "
+            f"got {hp.block_pooling_function!r}"
+        )
+    if hp.threshold_method not in _THRESHOLD_METHODS:
+        raise ValueError(
+            f"hparam threshold_method must be one of {_THRESHOLD_METHODS}, "
+            f"got {hp.threshold_method!r}"
+        )
+    for entry in hp.weight_sparsity_map:
+        _, value = _check_entry("weight_sparsity_map", entry)
+        try:
+            sparsity = float(value)
+        except ValueError:
+            raise ValueError(
+                f"hparam weight_sparsity_map entry {entry!r}: sparsity {value!r} is not a number"
+            ) from None
+        if not (0.0 <= sparsity < 1.0):
+            raise ValueError(
+                f"hparam weight_sparsity_map entry {entry!r}: sparsity must be in [0, 1), "
+                f"got {sparsity!r}"
+            )
+    for entry in hp.block_dims_map:
+        _, value = _check_entry("block_dims_map", entry)
+        dims = value.lower().split("x")
+        if len(dims) != 2:
+            raise ValueError(
+                f"hparam block_dims_map entry {entry!r}: expected block dims 'HxW', got {value!r}"
+            )
+        for dim_name, dim in zip(("height", "width"), dims, strict=True):
+            try:
+                d = int(dim)
+            except ValueError:
+                raise ValueError(
+                    f"hparam block_dims_map entry {entry!r}: block {dim_name} {dim!r} "
+                    "is not an integer"
+                ) from None
+            _check_block_dim(f"block_dims_map entry {entry!r} block {dim_name}", d)
+
+
+def _check_block_dim(name: str, value: int) -> None:
+    if value < 1 and value != -1:
+        raise ValueError(f"hparam {name} must be >= 1 or -1, got {value}")
+
+
+def _check_entry(field: str, entry: str) -> tuple[str, str]:
+    if ":" not in entry:
+        raise ValueError(f"hparam {field} entry {entry!r} is not of the form 'REGEX:VALUE'")
+    regex, value = entry.rsplit(":", 1)
+    if not regex:
+        raise ValueError(f"hparam {field} entry {entry!r} has an empty regex")
+    try:
+        re.compile(regex)
+    except re.error as e:
+        raise ValueError(
+            f"hparam {field} entry {entry!r}: regex {regex!r} does not compile: {e}"
+        ) from None
+    return regex, value.strip()
+
+
+# -- TF HParams string parsing -------------------------------------------------
+
+_NAME_RE = re.compile(r"\s*([A-Za-z_][\w.]*)\s*=\s*")
+
+
+def _parse_hparams_string(text: str) -> dict[str, Any]:
+    """Parses TF HParams syntax into a dict of typed values."""
+    if not isinstance(text, str):
+        raise ValueError(f"hparams string must be a str, got {text!r}")
+    fields = {f.name: f.type for f in dataclasses.fields(PruningHParams)}
+    out: dict[str, Any] = {}
+    pos, n = 0, len(text)
+    while pos < n:
+        if not text[pos:].strip():
+            break
+        m = _NAME_RE.match(text, pos)
+        if not m:
+            raise ValueError(f"Could not parse hparams at {text[pos:]!r} (expected name=value)")
+        key = m.group(1)
+        pos = m.end()
+        if key not in fields:
+            raise ValueError(f"Unknown hparam {key!r} in {text!r}; known hparams: {sorted(fields)}")
+        if key in out:
+            raise ValueError(f"hparam {key} is assigned more than once in {text!r}")
+        if pos < n and text[pos] == "[":
+            end = _matching_bracket(text, pos)
+            raw_list = _split_top_level(text[pos + 1 : end])
+            pos = end + 1
+            if fields[key] != "tuple[str, ...]":
+                raise ValueError(f"hparam {key} takes a single value, got a list {raw_list!r}")
+            out[key] = tuple(item.strip() for item in raw_list if item.strip())
+        else:
+            end = text.find(",", pos)
+            end = n if end == -1 else end
+            raw = text[pos:end].strip()
+            pos = end
+            if fields[key] == "tuple[str, ...]":
+                raise ValueError(f"hparam {key} takes a list like [a:1,b:2], got {raw!r}")
+            out[key] = _parse_scalar(key, fields[key], raw)
+        rest = text[pos:].lstrip()
+        if rest and not rest.startswith(","):
+            raise ValueError(f"Could not parse hparams at {rest!r} (expected ',')")
+        pos = n - len(rest) + (1 if rest else 0)
+    return out
+
+
+def _matching_bracket(text: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "[":
+            depth += 1
+        elif text[i] == "]":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError(f"Unbalanced '[' in hparams string {text!r}")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits at commas that are not inside brackets (regex classes may hold commas)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
+def _parse_scalar(key: str, annotation: str, raw: str) -> Any:
+    if annotation == "str":
+        return raw
+    if annotation == "bool":
+        lowered = raw.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise ValueError(f"hparam {key} must be a bool (true/false), got {raw!r}")
+    if annotation == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"hparam {key} must be an integer, got {raw!r}") from None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"hparam {key} must be a number, got {raw!r}") from None

@@ -1,0 +1,362 @@
+"""Threshold and mask of one weight: exact and histogram methods, block pooling.
+
+Implements SPEC §4-5 (TF r1.15 ``Pruning._update_mask`` and
+``_maybe_update_block_mask``; r1.11's histogram threshold) as pure, jit-safe
+functions.
+
+Non-finite values, decided here and documented in the README:
+
+* NaN weights never count as large: their magnitude is taken as 0 when the
+  threshold is computed, and their mask is always False.
+* +/-Inf weights are the largest magnitudes. The exact threshold ranks them
+  first; the histogram method bins over the finite magnitudes and puts Inf in
+  the last bin, so an Inf weight is always kept.
+* A non-finite previous threshold is not carried into the exponential
+  smoothing (the current threshold is used alone), so one bad update cannot
+  pin the threshold at Inf/NaN for the rest of training.
+* All-zero weights: the exact method's threshold is 0 and every weight is
+  kept (ties at the threshold are kept); the histogram method's threshold is 0
+  and every weight is pruned (its mask is strict). Either way they stay zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._src import select
+from jaxprune._src.hparams import PruningHParams
+
+
+def weight_mask(
+    weights: jax.typing.ArrayLike,
+    sparsity: jax.typing.ArrayLike,
+    threshold: jax.typing.ArrayLike = 0.0,
+    *,
+    hparams: PruningHParams,
+    name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Computes the new threshold and mask of one weight (TF ``_maybe_update_block_mask``).
+
+    With ``threshold_method="exact"`` (TF r1.15) the threshold is the k-th
+    largest (pooled) magnitude, ``k = round_half_even(float32(n) * (1 - s))``
+    clamped to ``k >= 1``, and the mask keeps magnitudes ``>=`` the smoothed
+    threshold. With ``"histogram"`` (TF r1.11) the threshold is read off an
+    ``nbins`` histogram of the magnitudes over ``[0, max]`` and the mask keeps
+    magnitudes strictly ``>`` it. The threshold is smoothed as
+    ``(1 - threshold_decay) * current + threshold_decay * threshold``.
+
+    If the weight, with its size-1 dimensions squeezed away, is 2-D and its
+    block dims are not 1x1, ``|w|`` is first pooled (AVG or MAX) over
+    non-overlapping blocks aligned at index 0 (partial blocks at the bottom and
+    right edges), the threshold is computed on the pooled matrix (in pooled
+    units, ``k`` counting blocks) and the block mask is expanded back.
+
+    The k-th largest value is found by an O(n) radix selection on the float
+    bits, bit-identical to TF's full ``top_k`` sort.
+
+    Args:
+      weights: the weight array (any float dtype, any shape).
+      sparsity: TF's global sparsity (a float32 scalar, may be traced). If
+        ``name`` matches an entry of ``hparams.weight_sparsity_map``, the
+        weight's sparsity is ``sparsity * target_w / target_sparsity``, exactly
+        as TF's ``_get_sparsity``; otherwise it is used as is.
+      threshold: the weight's previous threshold, used by ``threshold_decay``.
+      hparams: the pruning hyperparameters (method, pooling, block dims, maps).
+      name: the weight's name, matched against ``block_dims_map`` and
+        ``weight_sparsity_map``; None uses the defaults.
+
+    Returns:
+      ``(new_threshold, mask)``: a float32 scalar and a bool array shaped like
+      ``weights`` (True = keep).
+
+    Raises:
+      ValueError: if ``name`` matches two weight_sparsity_map entries, or
+        matches one while ``target_sparsity`` is 0 (TF's scaling would divide
+        by zero).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> hp = jaxprune.get_pruning_hparams()
+      >>> thr, mask = jaxprune.weight_mask(jnp.linspace(1., 100., 100), 0.95, hparams=hp)
+      >>> float(thr), int(mask.sum())
+      (96.0, 5)
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+    """
+    sparsity = jnp.asarray(sparsity, jnp.float32)
+    if name is not None:
+        target_w = hparams.sparsity_for(name)
+        if target_w is not None:
+            if hparams.target_sparsity == 0.0:
+                raise ValueError(
+                    f"weight {name!r} matches weight_sparsity_map, whose sparsity is scaled by "
+                    "target_w / target_sparsity, but target_sparsity is 0"
+                )
+            sparsity = sparsity * jnp.float32(target_w / hparams.target_sparsity)
+    return _weight_mask(weights, sparsity, threshold, hparams, hparams.block_dims_for(name))
+
+
+def _weight_mask(
+    weights: jax.typing.ArrayLike,
+    sparsity: jax.Array,
+    threshold: jax.typing.ArrayLike,
+    hparams: PruningHParams,
+    block_dims: tuple[int, int],
+) -> tuple[jax.Array, jax.Array]:
+    """weight_mask with the weight's own sparsity and block dims already resolved."""
+    weights = jnp.asarray(weights)
+    if not jnp.issubdtype(weights.dtype, jnp.floating):
+        raise ValueError(f"weight_mask needs a floating-point weight, got dtype {weights.dtype}")
+    is_nan = jnp.isnan(weights)
+    # Magnitudes are ranked in float32 (exact for bf16/f16; float64 is rounded).
+    magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
+    threshold = jnp.asarray(threshold, jnp.float32)
+
+    squeezed_shape = tuple(d for d in weights.shape if d != 1)
+    if len(squeezed_shape) != 2 or tuple(block_dims) == (1, 1):
+        new_threshold, mask = _threshold_and_mask(magnitudes, sparsity, threshold, hparams)
+    else:
+        rows, cols = squeezed_shape
+        bh = rows if block_dims[0] == -1 else block_dims[0]
+        bw = cols if block_dims[1] == -1 else block_dims[1]
+        pooled = pool_blocks(
+            magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function
+        )
+        new_threshold, block_mask = _threshold_and_mask(pooled, sparsity, threshold, hparams)
+        mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
+    return new_threshold, mask & ~is_nan
+
+
+def pool_blocks(magnitudes: jax.Array, block: tuple[int, int], pooling: str) -> jax.Array:
+    """Pools a 2-D array of magnitudes over non-overlapping blocks.
+
+    Blocks are aligned at index 0; the bottom and right edges may hold partial
+    blocks, over whose existing cells AVG takes the mean and MAX the max.
+
+    Args:
+      magnitudes: a non-negative 2-D array.
+      block: (height, width) of a block, each >= 1.
+      pooling: ``"AVG"`` or ``"MAX"``.
+
+    Returns:
+      The pooled array of shape ``(ceil(rows / height), ceil(cols / width))``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> jaxprune.pool_blocks(jnp.arange(6.).reshape(2, 3), (2, 2), "MAX").tolist()
+      [[4.0, 5.0]]
+    """
+    rows, cols = magnitudes.shape
+    bh, bw = block
+    nr, nc = -(-rows // bh), -(-cols // bw)
+    padded = jnp.pad(magnitudes, ((0, nr * bh - rows), (0, nc * bw - cols)))
+    blocks = padded.reshape(nr, bh, nc, bw)
+    if pooling == "MAX":
+        return blocks.max(axis=(1, 3))
+    if pooling != "AVG":
+        raise ValueError(f"block_pooling_function must be 'AVG' or 'MAX', got {pooling!r}")
+    # Number of existing cells in each block (static): partial blocks at the edges.
+    row_counts = np.minimum(bh, rows - bh * np.arange(nr))
+    col_counts = np.minimum(bw, cols - bw * np.arange(nc))
+    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.float32)
+    return blocks.sum(axis=(1, 3)) / jnp.asarray(counts, magnitudes.dtype)
+
+
+def expand_blocks(
+    block_mask: jax.Array, block: tuple[int, int], shape: tuple[int, int]
+) -> jax.Array:
+    """Expands a pooled block mask back over its cells and crops it to ``shape``.
+
+    Args:
+      block_mask: the mask of the pooled matrix.
+      block: (height, width) of a block.
+      shape: the (rows, cols) of the un-pooled matrix.
+
+    Returns:
+      An array of ``shape`` in which every cell carries its block's value.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> jaxprune.expand_blocks(jnp.array([[True, False]]), (2, 2), (2, 3)).tolist()
+      [[True, True, False], [True, True, False]]
+    """
+    nr, nc = block_mask.shape
+    bh, bw = block
+    full = jnp.broadcast_to(block_mask[:, None, :, None], (nr, bh, nc, bw))
+    return full.reshape(nr * bh, nc * bw)[: shape[0], : shape[1]]
+
+
+def _threshold_and_mask(
+    magnitudes: jax.Array, sparsity: jax.Array, threshold: jax.Array, hparams: PruningHParams
+) -> tuple[jax.Array, jax.Array]:
+    if hparams.threshold_method == "histogram":
+        current = histogram_threshold(magnitudes, sparsity, hparams.nbins)
+    else:
+        current = exact_threshold(magnitudes, sparsity)
+    smoothed = _smooth(current, threshold, hparams.threshold_decay)
+    if hparams.threshold_method == "histogram":
+        mask = magnitudes > smoothed
+    else:
+        mask = magnitudes >= smoothed
+    return smoothed, mask
+
+
+def _smooth(current: jax.Array, previous: jax.Array, decay: float) -> jax.Array:
+    current = current.astype(jnp.float32)
+    if decay == 0.0:
+        return current
+    previous = jnp.where(jnp.isfinite(previous), previous, current)
+    return current * jnp.float32(1.0 - decay) + previous * jnp.float32(decay)
+
+
+def num_kept(size: int, sparsity: jax.typing.ArrayLike) -> jax.Array:
+    """Number of values the exact method keeps: ``round_half_even(float32(n) * (1 - s))``, >= 1.
+
+    Computed in float32 like TF r1.15, then clamped to ``[1, n]`` (TF r1.15
+    crashes on ``k = 0``; tfmot clamps, tensorflow/model-optimization#215).
+
+    Args:
+      size: the number of values (elements, or blocks after pooling).
+      sparsity: the sparsity, a float32 scalar (may be traced).
+
+    Returns:
+      An int32 scalar ``k``.
+
+    Examples:
+      >>> import jaxprune
+      >>> int(jaxprune.num_kept(100, 0.95)), int(jaxprune.num_kept(100, 0.999))
+      (5, 1)
+    """
+    keep = jnp.float32(size) * (jnp.float32(1.0) - jnp.asarray(sparsity, jnp.float32))
+    k = jnp.round(keep)  # round half to even, like tf.round
+    return jnp.clip(k, 1, size).astype(jnp.int32)
+
+
+def exact_threshold(magnitudes: jax.Array, sparsity: jax.typing.ArrayLike) -> jax.Array:
+    """The k-th largest magnitude, ``k = num_kept(n, sparsity)`` (TF r1.15).
+
+    Bit-identical to sorting the magnitudes and taking the (k-1)-th of the
+    descending order (TF's ``top_k``), but found by an O(n) selection.
+
+    Args:
+      magnitudes: non-negative values without NaN, any shape.
+      sparsity: the target sparsity (may be traced).
+
+    Returns:
+      A float32 scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> float(jaxprune.exact_threshold(jnp.linspace(1., 100., 100), 0.5))
+      51.0
+    """
+    k = num_kept(magnitudes.size, sparsity)
+    return select.kth_largest(magnitudes, k)
+
+
+def histogram_cdf(values: jax.Array, value_range: tuple, nbins: int) -> jax.Array:
+    """Normalized cumulative histogram of ``values`` over ``value_range`` (TF r1.11).
+
+    Like TF's ``compute_cdf_from_histogram``: ``nbins`` equal-width bins over
+    ``[lo, hi]``; a value's bin is ``floor((v - lo) / ((hi - lo) / nbins))``,
+    computed exactly, then clipped to ``[0, nbins - 1]`` (values below the range
+    count in the first bin, values above it in the last). Returns
+    ``cumsum(counts) / n``.
+
+    Args:
+      values: the values (any shape, no NaN).
+      value_range: ``(lo, hi)`` with ``hi > lo`` (may be traced scalars).
+      nbins: the number of bins.
+
+    Returns:
+      A float32 array of ``nbins`` cumulative fractions ending at 1.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> v = jnp.abs(jnp.array([-1., 0, 1, 1.5, 2, 3, 4, 5, 10, 100]))
+      >>> [round(float(c), 2) for c in jaxprune.histogram_cdf(v, (0.0, 5.0), 5)]
+      [0.1, 0.4, 0.5, 0.6, 1.0]
+    """
+    lo = jnp.asarray(value_range[0], jnp.float32)
+    hi = jnp.asarray(value_range[1], jnp.float32)
+    values = jnp.asarray(values, jnp.float32)
+    idx = _bin_index(values - lo, hi - lo, nbins)
+    counts = select.bin_counts(idx, nbins)
+    return jnp.cumsum(counts).astype(jnp.float32) / jnp.float32(values.size)
+
+
+def histogram_threshold(
+    magnitudes: jax.Array, sparsity: jax.typing.ArrayLike, nbins: int
+) -> jax.Array:
+    """TF r1.11's histogram threshold: ``(#bins with cdf < s) / nbins * max``.
+
+    The histogram spans ``[0, m]`` with ``m`` the largest finite magnitude
+    (Inf magnitudes fall in the last bin). All-zero input gives 0.
+
+    Args:
+      magnitudes: non-negative values without NaN, any shape.
+      sparsity: the target sparsity (may be traced).
+      nbins: the number of histogram bins.
+
+    Returns:
+      A float32 scalar threshold (compare with ``>``).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> float(jaxprune.histogram_threshold(jnp.linspace(0., 1., 100), 0.5, 10))
+      0.5
+    """
+    magnitudes = jnp.asarray(magnitudes, jnp.float32)
+    finite = jnp.isfinite(magnitudes)
+    m = jnp.max(jnp.where(finite, magnitudes, 0), initial=0.0)
+    safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
+    idx = _bin_index(magnitudes, safe_m, nbins)
+    counts = select.bin_counts(idx, nbins)
+    cdf = jnp.cumsum(counts).astype(jnp.float32) / jnp.float32(magnitudes.size)
+    below = jnp.sum(cdf < jnp.asarray(sparsity, jnp.float32)).astype(jnp.float32)
+    return jnp.where(m > 0, below / jnp.float32(nbins) * m, jnp.float32(0.0))
+
+
+def _bin_index(x: jax.Array, span: jax.Array, nbins: int) -> jax.Array:
+    """Exact ``clip(floor(nbins * x / span), 0, nbins - 1)`` for float32 ``x`` and ``span > 0``.
+
+    A float32 quotient can round across an integer, so the candidate bin ``q``
+    is corrected by comparing the exact products ``q * span`` and
+    ``x * nbins`` (Dekker's error-free two-product and Knuth's two-sum): the
+    bin is that of the exact quotient, as TF's double-precision
+    ``histogram_fixed_width`` kernel computes it.
+    """
+    n = jnp.float32(nbins)
+    q = jnp.clip(jnp.floor(x * (n / span)), 0, nbins)
+    q = jnp.where(jnp.isnan(q), 0, q)
+    q = jnp.where(_exceeds(q, span, x, n), q - 1, q)
+    q = jnp.where(_exceeds(q + 1, span, x, n), q, q + 1)
+    return jnp.clip(q, 0, nbins - 1).astype(jnp.int32)
+
+
+def _exceeds(q: jax.Array, span: jax.Array, x: jax.Array, n: jax.Array) -> jax.Array:
+    """Whether ``q * span > x * n`` in exact arithmetic."""
+    p1, e1 = _two_prod(q, span)
+    p2, e2 = _two_prod(x, n)
+    s = p1 - p2  # Knuth's two-sum: s + t == p1 - p2 exactly
+    bv = s - p1
+    av = s - bv
+    t = (p1 - av) + (-p2 - bv)
+    exact = s + (t + (e1 - e2)) > 0
+    return jnp.where(jnp.isfinite(s), exact, s > 0)
+
+
+def _two_prod(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _split(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    c = jnp.float32(4097.0) * v
+    hi = c - (c - v)
+    return hi, v - hi

@@ -1,0 +1,124 @@
+"""``Pruning``: TF's ``tf.contrib.model_pruning.Pruning`` class, functional, for porting TF code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxprune._src import state as state_lib
+from jaxprune._src.hparams import PruningHParams, print_hparams
+from jaxprune._src.state import PruningState
+from jaxprune._src.transform import SparsityArg, _Pruner
+
+
+class Pruning:
+    """TF's ``Pruning`` class as pure functions over a :class:`PruningState`.
+
+    TF's methods mutate graph variables; here each returns a new state. The
+    global step is the state's ``count`` unless ``step`` is passed (TF read it
+    from its ``global_step`` variable). :func:`magnitude_pruning` is built on
+    the same functions.
+
+    Args:
+      spec: pruning hyperparameters (:func:`get_pruning_hparams`), a dict or a
+        TF HParams string; None means TF's defaults.
+      sparsity: an external sparsity schedule ``step -> sparsity`` or a
+        constant, overriding the spec's sparsity function (TF's ``sparsity``
+        variable).
+      params_filter: which leaves are pruned (see :func:`magnitude_pruning`).
+
+    Raises:
+      ValueError: for invalid hparams or sparsity.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> p = jaxprune.Pruning(jaxprune.get_pruning_hparams().replace(pruning_frequency=2))
+      >>> params = {"layer1": {"weights": jnp.linspace(1., 100., 100).reshape(10, 10)}}
+      >>> state = p.init(params)
+      >>> state = p.conditional_mask_update(params, state, step=50)   # s(50) = 0.4375
+      >>> int(jaxprune.apply_masks(params, state)["layer1"]["weights"].astype(bool).sum())
+      56
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+    """
+
+    def __init__(
+        self, spec: Any = None, sparsity: SparsityArg = None, *, params_filter: Any = None
+    ):
+        self._pruner = _Pruner(spec, sparsity, params_filter)
+
+    @property
+    def hparams(self) -> PruningHParams:
+        """The validated hyperparameters (TF's ``_spec``)."""
+        return self._pruner.hparams
+
+    def sparsity(self, step: jax.typing.ArrayLike) -> jax.Array:
+        """The scheduled global sparsity at ``step`` (TF's ``sparsity`` tensor).
+
+        Args:
+          step: the global step.
+
+        Returns:
+          A float32 scalar.
+        """
+        return self._pruner.global_sparsity(step)
+
+    def init(self, params: Any) -> PruningState:
+        """Creates the masks (all ones) and thresholds (0) of ``params`` at step 0.
+
+        Args:
+          params: the params pytree.
+
+        Returns:
+          A fresh :class:`PruningState`.
+        """
+        return self._pruner.init(params)
+
+    def mask_update(self, params: Any, state: PruningState, step: Any = None) -> PruningState:
+        """Unconditionally recomputes every mask and threshold (TF's ``mask_update_op``).
+
+        Args:
+          params: the current weights.
+          state: the pruning state.
+          step: the global step; defaults to ``state.count``. It sets the
+            sparsity and becomes ``last_update_step`` and ``count``.
+
+        Returns:
+          The new state.
+        """
+        step = state.count if step is None else step
+        return self._pruner.mask_update(params, state, step, force=True)
+
+    def conditional_mask_update(
+        self, params: Any, state: PruningState, step: Any = None
+    ) -> PruningState:
+        """Updates the masks only at pruning steps (TF's ``conditional_mask_update_op``).
+
+        A step is a pruning step iff ``begin_pruning_step <= step`` and (``step
+        <= end_pruning_step`` or ``end_pruning_step == -1``) and
+        ``last_update_step + pruning_frequency <= step``. Jit-safe (``lax.cond``).
+
+        Args:
+          params: the current weights.
+          state: the pruning state.
+          step: the global step; defaults to ``state.count``.
+
+        Returns:
+          The new state, with ``count = step``.
+        """
+        step = state.count if step is None else step
+        return self._pruner.mask_update(params, state, step, force=False)
+
+    def apply_masks(self, params: Any, state: PruningState) -> Any:
+        """Masked params (TF's ``apply_mask``); see :func:`apply_masks`."""
+        return state_lib.apply_masks(params, state)
+
+    def summaries(self, state: Any) -> dict[str, jax.Array]:
+        """TF's ``add_pruning_summaries``: :func:`summaries` under this spec's name."""
+        return state_lib.summaries(state, name=self.hparams.name)
+
+    def print_hparams(self) -> str:
+        """Prints the hyperparameters, one per line (TF's ``print_hparams``)."""
+        return print_hparams(self.hparams)

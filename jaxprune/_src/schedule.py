@@ -1,0 +1,58 @@
+"""The gradual sparsity schedule of Zhu & Gupta (2017), as in TF r1.15's code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune._src.hparams import PruningHParams
+
+Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
+
+
+def sparsity_schedule(hparams: PruningHParams, *, target_sparsity: float | None = None) -> Schedule:
+    """Returns the polynomial sparsity schedule ``step -> sparsity`` of ``hparams``.
+
+    Computed in float32 exactly as TF r1.15's ``Pruning._setup_sparsity``::
+
+        p(t) = clip((t - begin) / (end - begin), 0, 1)
+        s(t) = (initial - target) * (1 - p(t)) ** exponent + target
+
+    where begin/end are ``sparsity_function_{begin,end}_step``. (The formula in
+    TF's docstring, with ``num_steps`` and ``pruning_frequency``, is not what
+    TF's code computes; this follows the code.)
+
+    Args:
+      hparams: the pruning hyperparameters.
+      target_sparsity: optional override of ``hparams.target_sparsity``; used for
+        weights with their own target in ``weight_sparsity_map``.
+
+    Returns:
+      A jit-safe callable mapping an integer step (Python int or traced array)
+      to a float32 scalar sparsity.
+
+    Examples:
+      >>> import jaxprune
+      >>> s = jaxprune.sparsity_schedule(jaxprune.get_pruning_hparams())
+      >>> [round(float(s(t)), 4) for t in (0, 10, 50, 100, 150)]
+      [0.0, 0.1355, 0.4375, 0.5, 0.5]
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+    """
+    begin = hparams.sparsity_function_begin_step
+    end = hparams.sparsity_function_end_step
+    initial = hparams.initial_sparsity
+    target = hparams.target_sparsity if target_sparsity is None else float(target_sparsity)
+    exponent = hparams.sparsity_function_exponent
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        step = jnp.asarray(step)
+        progress = jnp.asarray(step - begin, jnp.float32) / jnp.float32(end - begin)
+        progress = jnp.minimum(jnp.float32(1.0), jnp.maximum(jnp.float32(0.0), progress))
+        ramp = jnp.power(jnp.float32(1.0) - progress, jnp.float32(exponent))
+        return jnp.float32(initial - target) * ramp + jnp.float32(target)
+
+    return schedule

@@ -1,0 +1,292 @@
+"""The optax transform: gradual magnitude pruning as one chainable GradientTransformation."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxprune._src import masks as masks_lib
+from jaxprune._src import tree as tree_lib
+from jaxprune._src.hparams import PruningHParams, get_pruning_hparams
+from jaxprune._src.schedule import sparsity_schedule
+from jaxprune._src.state import PruningState
+
+SparsityArg = Callable[[jax.Array], jax.typing.ArrayLike] | float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeafPlan:
+    """What is static about one prunable leaf: its name, block dims and sparsity schedule."""
+
+    name: str
+    block_dims: tuple[int, int]
+    schedule: Callable[[jax.Array], jax.Array]
+
+
+class _Pruner:
+    """The shared machinery of :func:`magnitude_pruning` and :class:`Pruning`."""
+
+    def __init__(self, hparams: Any, sparsity: SparsityArg, params_filter: Any):
+        self.hparams = as_hparams(hparams)
+        self.params_filter = params_filter
+        hp = self.hparams
+        if sparsity is None:
+            self.external = False
+            self.schedule = sparsity_schedule(hp)
+        else:
+            self.external = True
+            self.schedule = _as_schedule(sparsity)
+            if hp.weight_sparsity_map and hp.target_sparsity == 0.0:
+                raise ValueError(
+                    "With an external sparsity schedule, weight_sparsity_map targets scale the "
+                    "schedule by target_w / target_sparsity (as in TF), so target_sparsity must "
+                    f"be > 0; got target_sparsity={hp.target_sparsity}"
+                )
+        if params_filter is not None and not callable(params_filter):
+            jax.tree.leaves(params_filter)  # must at least be a pytree
+
+    def plan(self, params: Any):
+        """Flattens params and resolves each prunable leaf's static plan."""
+        leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(
+            params, self.params_filter
+        )
+        plans = [
+            self._leaf_plan(name) if keep else None
+            for name, keep in zip(names, prunable, strict=True)
+        ]
+        return leaves, treedef, plans
+
+    def _leaf_plan(self, name: str) -> _LeafPlan:
+        hp = self.hparams
+        target_w = hp.sparsity_for(name)
+        if target_w is None:
+            schedule = self.schedule
+        elif self.external:
+            scale = jnp.float32(target_w / hp.target_sparsity)
+
+            def schedule(step, _base=self.schedule, _scale=scale):
+                return _base(step) * _scale
+        else:
+            schedule = sparsity_schedule(hp, target_sparsity=target_w)
+        return _LeafPlan(name, hp.block_dims_for(name), schedule)
+
+    def global_sparsity(self, step: jax.Array) -> jax.Array:
+        return jnp.asarray(self.schedule(step), jnp.float32)
+
+    def init(self, params: Any) -> PruningState:
+        params = tree_lib.unbox(params)
+        leaves, treedef, plans = self.plan(params)
+        self._warn_unmatched(plans)
+        masks = [
+            optax.MaskedNode() if plan is None else jnp.ones_like(leaf, dtype=jnp.bool_)
+            for leaf, plan in zip(leaves, plans, strict=True)
+        ]
+        thresholds = [
+            optax.MaskedNode() if plan is None else jnp.zeros((), jnp.float32) for plan in plans
+        ]
+        zero = jnp.zeros((), jnp.int32)
+        return PruningState(
+            count=zero,
+            last_update_step=zero,
+            sparsity=self.global_sparsity(zero),
+            masks=treedef.unflatten(masks),
+            thresholds=treedef.unflatten(thresholds),
+        )
+
+    def _warn_unmatched(self, plans) -> None:
+        names = [p.name for p in plans if p is not None]
+        hp = self.hparams
+        for field in ("weight_sparsity_map", "block_dims_map"):
+            for entry in getattr(hp, field):
+                regex = entry.rsplit(":", 1)[0]
+                if not any(re.search(regex, n) for n in names):
+                    warnings.warn(
+                        f"{field} entry {entry!r} matches no pruned parameter "
+                        f"(pruned parameters: {names})",
+                        stacklevel=4,
+                    )
+
+    def mask_update(
+        self,
+        params: Any,
+        state: PruningState,
+        step: jax.Array,
+        force: bool,
+        updates: list[Any] | None = None,
+    ) -> PruningState:
+        """TF's ``mask_update_op`` (force=True) or ``conditional_mask_update_op`` at ``step``.
+
+        With ``updates`` (flat, aligned with params' leaves) the masks are those
+        of ``params + updates``; the sum is only formed when masks update.
+        """
+        params = tree_lib.unbox(params)
+        state = tree_lib.unbox(state)
+        leaves, treedef, plans = self.plan(params)
+        old_masks = treedef.flatten_up_to(state.masks)
+        old_thresholds = treedef.flatten_up_to(state.thresholds)
+        step = jnp.asarray(step, jnp.int32)
+        idx = [i for i, plan in enumerate(plans) if plan is not None]
+
+        def update():
+            new_t, new_m = [], []
+            for i in idx:
+                plan = plans[i]
+                sparsity = jnp.asarray(plan.schedule(step), jnp.float32)
+                weights = leaves[i]
+                if updates is not None:
+                    weights = (weights + updates[i]).astype(weights.dtype)
+                t, m = masks_lib._weight_mask(
+                    weights, sparsity, old_thresholds[i], self.hparams, plan.block_dims
+                )
+                new_t.append(t)
+                new_m.append(m)
+            return new_t, new_m
+
+        def keep():
+            return [old_thresholds[i] for i in idx], [old_masks[i] for i in idx]
+
+        if force:
+            new_t, new_m = update()
+            last = step
+        else:
+            should = self.should_update(step, state.last_update_step)
+            new_t, new_m = jax.lax.cond(should, update, keep)
+            last = jnp.where(should, step, state.last_update_step).astype(jnp.int32)
+        masks, thresholds = list(old_masks), list(old_thresholds)
+        for j, i in enumerate(idx):
+            masks[i], thresholds[i] = new_m[j], new_t[j]
+        return PruningState(
+            count=step,
+            last_update_step=jnp.asarray(last, jnp.int32),
+            sparsity=self.global_sparsity(step),
+            masks=treedef.unflatten(masks),
+            thresholds=treedef.unflatten(thresholds),
+        )
+
+    def should_update(self, step: jax.Array, last_update_step: jax.Array) -> jax.Array:
+        """SPEC §3: in [begin, end] (end -1 = forever) and frequency steps since the last update."""
+        hp = self.hparams
+        in_range = step >= hp.begin_pruning_step
+        if hp.end_pruning_step != -1:
+            in_range = in_range & (step <= hp.end_pruning_step)
+        return in_range & (last_update_step + hp.pruning_frequency <= step)
+
+
+def as_hparams(hparams: Any) -> PruningHParams:
+    """Accepts PruningHParams, None (TF defaults), a dict or a TF HParams string."""
+    if hparams is None:
+        return get_pruning_hparams()
+    if isinstance(hparams, PruningHParams):
+        return hparams
+    if isinstance(hparams, str):
+        return get_pruning_hparams().parse(hparams)
+    if isinstance(hparams, Mapping):
+        return PruningHParams.from_dict(hparams)
+    raise ValueError(
+        "hparams must be a PruningHParams (jaxprune.get_pruning_hparams()), a dict, a TF "
+        f"HParams string or None; got {type(hparams).__name__}: {hparams!r}"
+    )
+
+
+def _as_schedule(sparsity: Any) -> Callable[[jax.Array], jax.typing.ArrayLike]:
+    if callable(sparsity):
+        return sparsity
+    if isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
+        value = float(sparsity)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        return lambda step: jnp.float32(value)
+    raise ValueError(
+        f"sparsity must be a schedule (a callable step -> sparsity) or a number, got {sparsity!r}"
+    )
+
+
+def magnitude_pruning(
+    hparams: PruningHParams | None = None,
+    *,
+    sparsity: SparsityArg = None,
+    params_filter: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Gradual magnitude pruning (Zhu & Gupta 2017) as a chainable optax transform.
+
+    Put it last in a chain, e.g.
+    ``optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(hparams))``. The
+    n-th ``update`` acts at global step ``n`` (TF's mask update after the n-th
+    training step): when the step is within ``[begin_pruning_step,
+    end_pruning_step]`` and at least ``pruning_frequency`` steps after the last
+    update, the masks are recomputed from the new weights ``params + updates``
+    at the scheduled sparsity (inside a ``lax.cond``; other steps only apply the
+    masks). The returned updates make ``params + updates`` the masked new
+    weights: pruned weights are exactly 0 after every step, and kept weights
+    get exactly the incoming updates.
+
+    Args:
+      hparams: pruning hyperparameters (:func:`get_pruning_hparams`); None
+        means TF's defaults. A dict or TF HParams string is also accepted.
+      sparsity: an external sparsity schedule ``step -> sparsity`` (any optax
+        schedule) or a constant, replacing the built-in polynomial schedule
+        like TF's ``sparsity`` constructor argument. weight_sparsity_map
+        targets then scale it by ``target_w / target_sparsity``.
+      params_filter: which leaves are pruned: a callable ``(name, leaf) ->
+        bool`` or a pytree of bools shaped like params. Default:
+        floating-point leaves with ``ndim >= 2``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`PruningState` and whose ``update`` needs ``params``.
+
+    Raises:
+      ValueError: at construction, for invalid hparams or sparsity; in
+        ``update``, if ``params`` is not given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxprune
+      >>> hp = jaxprune.get_pruning_hparams().replace(
+      ...     target_sparsity=0.75, pruning_frequency=1, sparsity_function_end_step=4)
+      >>> tx = optax.chain(optax.sgd(0.0), jaxprune.magnitude_pruning(hp))
+      >>> params = {"w": jnp.arange(1., 9.).reshape(2, 4)}
+      >>> state = tx.init(params)
+      >>> for _ in range(4):
+      ...     updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> params["w"].tolist()
+      [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 7.0, 8.0]]
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning
+      for model compression", 2017, https://arxiv.org/abs/1710.01878
+    """
+    pruner = _Pruner(hparams, sparsity, params_filter)
+
+    def init_fn(params):
+        return pruner.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "jaxprune.magnitude_pruning needs the current params: call "
+                "tx.update(updates, opt_state, params)"
+            )
+        params = tree_lib.unbox(params)
+        updates = tree_lib.unbox(updates)
+        leaves, treedef, plans = pruner.plan(params)
+        update_leaves = treedef.flatten_up_to(updates)
+        step = jnp.asarray(state.count, jnp.int32) + 1
+        new_state = pruner.mask_update(params, state, step, force=False, updates=update_leaves)
+        masks = treedef.flatten_up_to(new_state.masks)
+        out = [
+            u if plan is None else jnp.where(m, u, -leaf.astype(u.dtype))
+            for leaf, u, m, plan in zip(leaves, update_leaves, masks, plans, strict=True)
+        ]
+        return treedef.unflatten(out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

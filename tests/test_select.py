@@ -1,0 +1,301 @@
+"""Tests for jaxprune._src.select: exact k-th largest and bin counts vs NumPy references."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxprune._src import select
+
+_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def np_kth_largest(x: np.ndarray, k: int) -> np.ndarray:
+    """Independent reference: IEEE order via np.partition, value at descending rank k."""
+    flat = np.asarray(x).ravel()
+    n = flat.size
+    return np.partition(flat, n - k)[n - k]
+
+
+def assert_bits_equal(got, want):
+    got = np.asarray(got)
+    want = np.asarray(want, dtype=got.dtype)
+    assert got.shape == ()
+    assert got.tobytes() == want.tobytes(), (got, want)
+
+
+# One jitted function shared by all tests: k is traced, so only new shapes retrace.
+_TRACES = {"n": 0}
+
+
+def _counted(values, k):
+    _TRACES["n"] += 1
+    return select.kth_largest(values, k)
+
+
+_kth_jit = jax.jit(_counted)
+
+
+def _special_values(dtype=np.float32):
+    info = np.finfo(dtype)
+    return np.array(
+        [
+            0.0,
+            info.smallest_subnormal,
+            2 * info.smallest_subnormal,
+            info.smallest_normal / 2,
+            info.smallest_normal,
+            1e-30,
+            0.5,
+            1.0,
+            1.0,
+            np.nextafter(dtype(1.0), dtype(2.0)),
+            3.0,
+            1e30,
+            info.max,
+            np.inf,
+        ],
+        dtype=dtype,
+    )
+
+
+def _check_many_k(x, ks):
+    for k in ks:
+        assert_bits_equal(_kth_jit(x, jnp.int32(k)), np_kth_largest(x, k))
+
+
+@pytest.mark.parametrize("shape", [(1,), (13,), (1025,), (33, 1025), (3, 3, 16, 32), (64, 128)])
+def test_random_shapes_normal(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = np.abs(rng.standard_normal(shape)).astype(np.float32)
+    n = x.size
+    ks = sorted({1, n, max(1, n // 2), max(1, n // 3), *rng.integers(1, n + 1, size=4).tolist()})
+    _check_many_k(x, ks)
+
+
+def test_every_k_small_with_specials():
+    rng = np.random.default_rng(0)
+    x = rng.choice(_special_values(), size=(6, 50)).astype(np.float32)
+    _check_many_k(x, range(1, x.size + 1))
+
+
+def test_all_equal_and_all_zero():
+    for value in (0.0, 1.5, np.inf, 1e-45):
+        x = np.full((6, 50), value, np.float32)
+        _check_many_k(x, [1, 150, 300])
+
+
+def test_mostly_zeros_like_pruned_weights():
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.standard_normal((256, 300))).astype(np.float32)
+    x[rng.random(x.shape) < 0.9] = 0.0
+    n = x.size
+    nnz = int(np.count_nonzero(x))
+    _check_many_k(x, [1, nnz - 1, nnz, nnz + 1, n // 2, n])
+
+
+def test_heavy_ties_and_wide_dynamic_range():
+    rng = np.random.default_rng(2)
+    levels = np.float32(2.0) ** rng.integers(-149, 128, size=20).astype(np.float32)
+    x = rng.choice(levels, size=(4000,)).astype(np.float32)
+    _check_many_k(x, [1, 2, 1000, 2000, 3999, 4000, *rng.integers(1, 4001, size=6).tolist()])
+
+
+def test_large_tail_path():
+    # n not a multiple of any preferred row length: head block + tail block.
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal(100_003)).astype(np.float32)
+    _check_many_k(x, [1, 7, 50_000, 99_999, 100_003])
+
+
+# A few fixed shapes keep compilation (not the search) from dominating the test time.
+_SHAPES = st.sampled_from([(1,), (2,), (13,), (6, 50), (2, 3, 40)])
+
+
+@_SETTINGS
+@given(
+    x=hnp.arrays(
+        np.float32,
+        _SHAPES,
+        elements=st.floats(0.0, width=32, allow_nan=False, allow_infinity=True),
+    ),
+    data=st.data(),
+)
+def test_hypothesis_arbitrary_floats(x, data):
+    k = data.draw(st.integers(1, x.size))
+    assert_bits_equal(_kth_jit(x, jnp.int32(k)), np_kth_largest(x, k))
+
+
+@_SETTINGS
+@given(
+    x=hnp.arrays(
+        np.float32,
+        _SHAPES,
+        elements=st.sampled_from(_special_values().tolist()),
+    ),
+    data=st.data(),
+)
+def test_hypothesis_specials_and_ties(x, data):
+    k = data.draw(st.integers(1, x.size))
+    assert_bits_equal(_kth_jit(x, jnp.int32(k)), np_kth_largest(x, k))
+
+
+def test_traces_once_for_all_k():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(np.abs(rng.standard_normal((50, 70))).astype(np.float32))
+    count = {"n": 0}
+
+    @jax.jit
+    def f(values, k):
+        count["n"] += 1
+        return select.kth_largest(values, k)
+
+    for k in rng.integers(1, x.size + 1, size=25):
+        assert_bits_equal(f(x, jnp.int32(k)), np_kth_largest(np.asarray(x), int(k)))
+    assert count["n"] == 1
+
+
+def test_k_is_clamped_and_python_int_ok():
+    x = np.array([3.0, 1.0, 2.0], np.float32)
+    assert float(_kth_jit(x, 0)) == 3.0
+    assert float(_kth_jit(x, 10)) == 1.0
+    assert float(_kth_jit(x, 2)) == 2.0
+
+
+def test_negative_zero_reported_as_zero():
+    x = np.array([-0.0, 1.0, -0.0], np.float32)
+    assert np.asarray(_kth_jit(x, 3)).tobytes() == np.float32(0.0).tobytes()
+    assert np.asarray(_kth_jit(x, 2)).tobytes() == np.float32(0.0).tobytes()
+    assert float(_kth_jit(x, 1)) == 1.0
+
+
+def test_half_precision_inputs():
+    rng = np.random.default_rng(5)
+    for dtype in (jnp.bfloat16, jnp.float16):
+        x = jnp.abs(jnp.asarray(rng.standard_normal(999), dtype))
+        x32 = np.asarray(x.astype(jnp.float32))
+        out = select.kth_largest(x, 17)
+        assert out.dtype == jnp.float32
+        assert_bits_equal(out, np_kth_largest(x32, 17))
+
+
+def test_float64_with_x64():
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        x = np.abs(rng.standard_normal(2000))
+        x[:50] = 5e-324  # float64 denormals
+        x[50:60] = np.inf
+        f = jax.jit(select.kth_largest)
+        for k in (1, 10, 11, 500, 1950, 1951, 2000):
+            out = f(jnp.asarray(x), jnp.int32(k))
+            assert out.dtype == jnp.float64
+            assert_bits_equal(out, np_kth_largest(x, k))
+
+
+def test_passes_are_few_on_typical_data():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(np.abs(rng.standard_normal((512, 1024))).astype(np.float32))
+    f = jax.jit(select._select)
+    for k in (1, 1000, 200_000, 524_288):
+        value, passes = f(x, jnp.int32(k))
+        assert_bits_equal(value, np_kth_largest(np.asarray(x), k))
+        assert int(passes) <= 8
+
+
+def test_doctest_examples():
+    import doctest
+
+    results = doctest.testmod(select, verbose=False)
+    assert results.failed == 0 and results.attempted > 0
+
+
+# ----------------------------------------------------------------------------------- bin_counts
+
+
+_bin_counts_jit = jax.jit(select.bin_counts, static_argnums=1)
+
+
+@pytest.mark.parametrize("nbins", [1, 3, 16, 256, 1000])
+@pytest.mark.parametrize("n", [0, 1, 5, 4097])
+def test_bin_counts_vs_numpy(nbins, n):
+    rng = np.random.default_rng(nbins * 7919 + n)
+    idx = rng.integers(0, nbins, size=n).astype(np.int32)
+    got = _bin_counts_jit(idx, nbins)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.bincount(idx, minlength=nbins))
+
+
+@_SETTINGS
+@given(
+    idx=hnp.arrays(np.int32, st.sampled_from([(1,), (7,), (5, 31)]), elements=st.integers(-3, 300)),
+    nbins=st.sampled_from([1, 4, 256]),
+)
+def test_bin_counts_hypothesis_out_of_range_dropped(idx, nbins):
+    got = _bin_counts_jit(idx, nbins)
+    flat = idx.ravel()
+    flat = flat[(flat >= 0) & (flat < nbins)]
+    np.testing.assert_array_equal(np.asarray(got), np.bincount(flat, minlength=nbins))
+
+
+def test_bin_counts_histogram_method_shape():
+    rng = np.random.default_rng(8)
+    a = np.abs(rng.standard_normal((123, 77))).astype(np.float32)
+    a[0, 0] = a.max()  # the max lands in the last bin
+    nbins = 256
+    idx = jnp.clip(jnp.floor(nbins * (a / a.max())).astype(jnp.int32), 0, nbins - 1)
+    got = select.bin_counts(idx, nbins)
+    np.testing.assert_array_equal(
+        np.asarray(got), np.bincount(np.asarray(idx).ravel(), minlength=256)
+    )
+    assert int(got.sum()) == a.size
+
+
+# ------------------------------------------------------------------------------------- sharding
+
+_SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, jax, jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jaxprune._src import select
+    mesh = Mesh(np.array(jax.devices()[:4]), ("d",))
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((512, 256))).astype(np.float32)
+    xs = jax.device_put(x, NamedSharding(mesh, P("d", None)))
+    f = jax.jit(select.kth_largest)
+    for k in (1, 777, 65536, 131072):
+        want = np.sort(x.ravel())[::-1][k - 1]
+        assert np.asarray(f(xs, jnp.int32(k))).tobytes() == want.tobytes(), k
+    hlo = f.lower(xs, jnp.int32(3)).compile().as_text()
+    big = [l for l in hlo.splitlines() if "all-gather" in l and "f32[512,256]" in l]
+    assert not big, big
+    idx = jax.device_put((x * 100).astype(np.int32) % 256, NamedSharding(mesh, P("d", None)))
+    got = jax.jit(select.bin_counts, static_argnums=1)(idx, 256)
+    want = np.bincount(np.asarray(idx).ravel(), minlength=256)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    print("OK")
+    """
+)
+
+
+def test_sharded_inputs_multi_device_cpu():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
