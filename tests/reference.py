@@ -44,7 +44,9 @@ def ref_histogram_threshold(a: np.ndarray, sparsity: float, nbins: int) -> np.fl
     m = np.float32(finite.max()) if finite.size else np.float32(0)
     if m == 0:
         return np.float32(0)
-    idx = np.where(np.isinf(a), nbins - 1, ref_histogram_bins(np.where(np.isinf(a), 0, a), m, nbins))
+    idx = np.where(
+        np.isinf(a), nbins - 1, ref_histogram_bins(np.where(np.isinf(a), 0, a), m, nbins)
+    )
     counts = np.bincount(idx.ravel(), minlength=nbins)
     cdf = (np.cumsum(counts) / a.size).astype(np.float32)
     below = np.float32(np.sum(cdf < np.float32(sparsity)))

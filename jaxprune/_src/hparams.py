@@ -500,12 +500,12 @@ def _matching_bracket(text: str, start: int) -> int:
 
 
 def _split_top_level(text: str) -> list[str]:
-    """Splits at commas that are not inside brackets (regex classes may hold commas)."""
+    """Splits at commas not inside (), [] or {} (a regex may hold commas, e.g. ``a{1,2}``)."""
     items, depth, start = [], 0, 0
     for i, ch in enumerate(text):
-        if ch == "[":
+        if ch in "([{":
             depth += 1
-        elif ch == "]":
+        elif ch in ")]}":
             depth -= 1
         elif ch == "," and depth == 0:
             items.append(text[start:i])

@@ -48,6 +48,8 @@ class Pruning:
         self, spec: Any = None, sparsity: SparsityArg = None, *, params_filter: Any = None
     ):
         self._pruner = _Pruner(spec, sparsity, params_filter)
+        # Compiled once per params structure, so eager calls (as in ported TF code) are fast.
+        self._mask_update = jax.jit(self._pruner.mask_update, static_argnames=("force",))
 
     @property
     def hparams(self) -> PruningHParams:
@@ -89,7 +91,7 @@ class Pruning:
           The new state.
         """
         step = state.count if step is None else step
-        return self._pruner.mask_update(params, state, step, force=True)
+        return self._mask_update(params, state, step, force=True)
 
     def conditional_mask_update(
         self, params: Any, state: PruningState, step: Any = None
@@ -109,7 +111,7 @@ class Pruning:
           The new state, with ``count = step``.
         """
         step = state.count if step is None else step
-        return self._pruner.mask_update(params, state, step, force=False)
+        return self._mask_update(params, state, step, force=False)
 
     def apply_masks(self, params: Any, state: PruningState) -> Any:
         """Masked params (TF's ``apply_mask``); see :func:`apply_masks`."""

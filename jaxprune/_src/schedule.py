@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxprune._src import floatops
 from jaxprune._src.hparams import PruningHParams
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
@@ -50,9 +51,16 @@ def sparsity_schedule(hparams: PruningHParams, *, target_sparsity: float | None 
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         step = jnp.asarray(step)
-        progress = jnp.asarray(step - begin, jnp.float32) / jnp.float32(end - begin)
+        # A true float32 division (XLA would multiply by an inexact reciprocal of a constant).
+        span = floatops.rounded(jnp.float32(end - begin), token=step)
+        progress = jnp.asarray(step - begin, jnp.float32) / span
         progress = jnp.minimum(jnp.float32(1.0), jnp.maximum(jnp.float32(0.0), progress))
-        ramp = jnp.power(jnp.float32(1.0) - progress, jnp.float32(exponent))
-        return jnp.float32(initial - target) * ramp + jnp.float32(target)
+        base = jnp.float32(1.0) - progress
+        if float(exponent).is_integer() and exponent <= 64:
+            ramp = floatops.integer_power(base, int(exponent))  # correctly rounded, like powf
+        else:
+            ramp = jnp.power(base, jnp.float32(exponent))
+        # Product and sum rounded separately, as TF's mul and add ops do (no FMA).
+        return floatops.rounded(jnp.float32(initial - target) * ramp) + jnp.float32(target)
 
     return schedule

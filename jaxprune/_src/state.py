@@ -6,7 +6,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxprune._src import tree as tree_lib
 
@@ -75,13 +74,25 @@ def get_pruning_state(opt_state: Any) -> PruningState:
 
 
 def _masked_leaves(params: Any, state: PruningState):
+    """Pairs each leaf of ``params`` with its mask (or None), matching them by parameter name.
+
+    Matching by name rather than by tree structure lets a mask tree built from one container
+    type (e.g. Flax's ``nnx.State``) apply to params held in another (a plain dict).
+    """
     params = tree_lib.unbox(params)
-    leaves, treedef = jax.tree.flatten(params)
-    try:
-        masks = treedef.flatten_up_to(state.masks)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"params do not have the structure of the pruning masks: {e}") from None
-    return leaves, treedef, masks
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    masks_by_name = {
+        tree_lib.path_name(path): mask
+        for path, mask in jax.tree_util.tree_flatten_with_path(tree_lib.unbox(state.masks))[0]
+    }
+    names = [tree_lib.path_name(path) for path, _ in flat]
+    missing = sorted(set(masks_by_name) - set(names))
+    if missing:
+        raise ValueError(
+            f"params do not match the pruning masks: no parameter named {missing} "
+            f"(params have {names})"
+        )
+    return [leaf for _, leaf in flat], treedef, [masks_by_name.get(n) for n in names]
 
 
 def apply_masks(params: Any, state: Any) -> Any:
@@ -109,7 +120,7 @@ def apply_masks(params: Any, state: Any) -> Any:
         state = get_pruning_state(state)
     leaves, treedef, masks = _masked_leaves(params, state)
     out = [
-        leaf if isinstance(m, optax.MaskedNode) else jnp.where(m, leaf, jnp.zeros_like(leaf))
+        leaf if m is None else jnp.where(m, leaf, jnp.zeros_like(leaf))
         for leaf, m in zip(leaves, masks, strict=True)
     ]
     return treedef.unflatten(out)
