@@ -1,5 +1,7 @@
 """weight_mask and its parts: TF's published test numbers, a NumPy reference, properties."""
 
+import functools
+
 import chex
 import hypothesis.extra.numpy as hnp
 import jax
@@ -14,13 +16,28 @@ from tests.reference import ref_histogram_bins, ref_weight_mask
 
 HP = jaxprune.get_pruning_hparams()
 
-AVG_WEIGHTS = [[0.1, 0.1, 0.2, 0.2], [0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4], [0.3, 0.3, 0.4, 0.4]]
-MAX_WEIGHTS = [[0.1, 0.0, 0.2, 0.0], [0.0, -0.1, 0.0, -0.2], [0.3, 0.0, 0.4, 0.0], [0.0, -0.3, 0.0, -0.4]]
+AVG_WEIGHTS = [
+    [0.1, 0.1, 0.2, 0.2],
+    [0.1, 0.1, 0.2, 0.2],
+    [0.3, 0.3, 0.4, 0.4],
+    [0.3, 0.3, 0.4, 0.4],
+]
+MAX_WEIGHTS = [
+    [0.1, 0.0, 0.2, 0.0],
+    [0.0, -0.1, 0.0, -0.2],
+    [0.3, 0.0, 0.4, 0.0],
+    [0.0, -0.3, 0.0, -0.4],
+]
 EXPECTED_2X2 = [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
 
 
+@functools.cache
+def _jitted_mask(hparams, name):
+    return jax.jit(lambda w, s, t: jaxprune.weight_mask(w, s, t, hparams=hparams, name=name))
+
+
 def _mask(weights, sparsity, hparams, name=None, threshold=0.0):
-    fn = jax.jit(lambda w, s, t: jaxprune.weight_mask(w, s, t, hparams=hparams, name=name))
+    fn = _jitted_mask(hparams, name)  # one compile per (hparams, name, shape)
     return fn(jnp.asarray(weights, jnp.float32), jnp.float32(sparsity), jnp.float32(threshold))
 
 
@@ -224,7 +241,7 @@ def _random_weights(shape, seed, dist):
     return w
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(case=CASES)
 def test_weight_mask_matches_numpy_reference(case):
     w = _random_weights(case["shape"], case["seed"], case["dist"])
@@ -251,7 +268,7 @@ def test_weight_mask_matches_numpy_reference(case):
     np.testing.assert_array_equal(np.asarray(mask), ref_mask)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(0, 1e6, width=32)),
     span=st.floats(0.0009765625, 1048576.0, width=32),
@@ -277,7 +294,7 @@ def test_histogram_bins_on_exact_boundaries():
 # --- properties of the exact method -----------------------------------------------------------
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     shape=st.sampled_from([(50,), (8, 12), (9, 7), (3, 5, 4)]),
     sparsity=st.floats(0.0, 0.99),
@@ -303,7 +320,7 @@ def test_exact_sparsity_within_one_block_of_target(shape, sparsity, block, seed)
         assert abs(int(mask.sum()) - max(1, round(w.size * (1 - sparsity)))) <= 1
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(s1=st.floats(0.0, 0.99), s2=st.floats(0.0, 0.99), seed=st.integers(0, 10_000))
 def test_masks_are_monotone_in_sparsity(s1, s2, seed):
     lo, hi = sorted((s1, s2))
@@ -315,7 +332,7 @@ def test_masks_are_monotone_in_sparsity(s1, s2, seed):
         assert not bool((mask_hi & ~mask_lo).any()), method  # kept at hi => kept at lo
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(sparsity=st.floats(0.05, 0.95), seed=st.integers(0, 10_000))
 def test_zero_weights_are_pruned_first(sparsity, seed):
     rng = np.random.default_rng(seed)

@@ -50,6 +50,12 @@ class PruningHParams:
       threshold_method: ``"exact"`` (k-th largest magnitude, TF r1.15, the
         default) or ``"histogram"`` (TF r1.11, uses ``nbins``).
 
+    Examples:
+      >>> import jaxprune
+      >>> hp = jaxprune.PruningHParams(target_sparsity=0.9, pruning_frequency=5)
+      >>> hp.target_sparsity, hp.begin_pruning_step
+      (0.9, 0)
+
     References:
       Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning
       for model compression", 2017, https://arxiv.org/abs/1710.01878

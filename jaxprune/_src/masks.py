@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import select
+from jaxprune._src import floatops, select
 from jaxprune._src.hparams import PruningHParams
 
 
@@ -79,7 +79,7 @@ def weight_mask(
     Examples:
       >>> import jax.numpy as jnp, jaxprune
       >>> hp = jaxprune.get_pruning_hparams()
-      >>> thr, mask = jaxprune.weight_mask(jnp.linspace(1., 100., 100), 0.95, hparams=hp)
+      >>> thr, mask = jaxprune.weight_mask(jnp.arange(1., 101.), 0.95, hparams=hp)
       >>> float(thr), int(mask.sum())
       (96.0, 5)
 
@@ -96,7 +96,7 @@ def weight_mask(
                     "target_w / target_sparsity, but target_sparsity is 0"
                 )
             sparsity = sparsity * jnp.float32(target_w / hparams.target_sparsity)
-    return _weight_mask(weights, sparsity, threshold, hparams, hparams.block_dims_for(name))
+    return _weight_mask_jit(weights, sparsity, threshold, hparams, hparams.block_dims_for(name))
 
 
 def _weight_mask(
@@ -110,6 +110,14 @@ def _weight_mask(
     weights = jnp.asarray(weights)
     if not jnp.issubdtype(weights.dtype, jnp.floating):
         raise ValueError(f"weight_mask needs a floating-point weight, got dtype {weights.dtype}")
+    sharding = jax.typeof(weights).sharding
+    if sharding.mesh.explicit_axes and jax.sharding.get_abstract_mesh().explicit_axes:
+        # Explicit-axes mesh (jax.make_mesh's default): the selection's reshapes and scatters
+        # are partitioned by GSPMD as on an Auto mesh; the mask keeps the weight's sharding.
+        return jax.sharding.auto_axes(
+            lambda w, s, t: _weight_mask(w, s, t, hparams, block_dims),
+            out_sharding=(jax.sharding.PartitionSpec(), sharding.spec),
+        )(weights, jnp.asarray(sparsity, jnp.float32), jnp.asarray(threshold, jnp.float32))
     is_nan = jnp.isnan(weights)
     # Magnitudes are ranked in float32 (exact for bf16/f16; float64 is rounded).
     magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
@@ -128,6 +136,11 @@ def _weight_mask(
         new_threshold, block_mask = _threshold_and_mask(pooled, sparsity, threshold, hparams)
         mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
     return new_threshold, mask & ~is_nan
+
+
+# Compiled once per (hparams, block dims, shape): called eagerly (e.g. by TF ports), the
+# selection loop would otherwise dispatch op by op. Inside an outer jit it is inlined.
+_weight_mask_jit = jax.jit(_weight_mask, static_argnums=(3, 4))
 
 
 def pool_blocks(magnitudes: jax.Array, block: tuple[int, int], pooling: str) -> jax.Array:
@@ -162,7 +175,29 @@ def pool_blocks(magnitudes: jax.Array, block: tuple[int, int], pooling: str) -> 
     row_counts = np.minimum(bh, rows - bh * np.arange(nr))
     col_counts = np.minimum(bw, cols - bw * np.arange(nc))
     counts = (row_counts[:, None] * col_counts[None, :]).astype(np.float32)
-    return blocks.sum(axis=(1, 3)) / jnp.asarray(counts, magnitudes.dtype)
+    sums = _pairwise_sum(_pairwise_sum(blocks, 3), 1)
+    # A true division by the cell counts (XLA would multiply by inexact reciprocals).
+    token = jax.lax.bitcast_convert_type(sums[0, 0], jnp.int32)
+    return sums / floatops.rounded(jnp.asarray(counts), token=token)
+
+
+def _pairwise_sum(x: jax.Array, axis: int) -> jax.Array:
+    """Sums ``x`` over ``axis`` in a fixed order: repeatedly adds its two halves elementwise.
+
+    XLA's reduce chooses its own (vectorised) order, which changes with the shapes a device
+    holds, so a block-pooled weight sharded over a mesh would get slightly different block
+    averages than on one device. Elementwise adds fix the order. (Zero padding is exact.)
+    """
+    n = x.shape[axis]
+    while n > 1:
+        half = -(-n // 2)
+        if 2 * half != n:
+            x = jnp.pad(x, [(0, 1) if a == axis else (0, 0) for a in range(x.ndim)])
+        x = jax.lax.slice_in_dim(x, 0, half, axis=axis) + jax.lax.slice_in_dim(
+            x, half, 2 * half, axis=axis
+        )
+        n = half
+    return jnp.squeeze(x, axis)
 
 
 def expand_blocks(
@@ -209,7 +244,10 @@ def _smooth(current: jax.Array, previous: jax.Array, decay: float) -> jax.Array:
     if decay == 0.0:
         return current
     previous = jnp.where(jnp.isfinite(previous), previous, current)
-    return current * jnp.float32(1.0 - decay) + previous * jnp.float32(decay)
+    # TF's add_n of two products, each rounded to float32 (no FMA contraction).
+    return floatops.rounded(current * jnp.float32(1.0 - decay)) + floatops.rounded(
+        previous * jnp.float32(decay)
+    )
 
 
 def num_kept(size: int, sparsity: jax.typing.ArrayLike) -> jax.Array:
@@ -250,11 +288,14 @@ def exact_threshold(magnitudes: jax.Array, sparsity: jax.typing.ArrayLike) -> ja
 
     Examples:
       >>> import jax.numpy as jnp, jaxprune
-      >>> float(jaxprune.exact_threshold(jnp.linspace(1., 100., 100), 0.5))
+      >>> float(jaxprune.exact_threshold(jnp.arange(1., 101.), 0.5))
       51.0
     """
     k = num_kept(magnitudes.size, sparsity)
-    return select.kth_largest(magnitudes, k)
+    return _kth_largest_jit(magnitudes, k)
+
+
+_kth_largest_jit = jax.jit(select.kth_largest)
 
 
 def histogram_cdf(values: jax.Array, value_range: tuple, nbins: int) -> jax.Array:
@@ -285,7 +326,7 @@ def histogram_cdf(values: jax.Array, value_range: tuple, nbins: int) -> jax.Arra
     values = jnp.asarray(values, jnp.float32)
     idx = _bin_index(values - lo, hi - lo, nbins)
     counts = select.bin_counts(idx, nbins)
-    return jnp.cumsum(counts).astype(jnp.float32) / jnp.float32(values.size)
+    return _cdf(counts, values.size)
 
 
 def histogram_threshold(
@@ -306,18 +347,56 @@ def histogram_threshold(
 
     Examples:
       >>> import jax.numpy as jnp, jaxprune
-      >>> float(jaxprune.histogram_threshold(jnp.linspace(0., 1., 100), 0.5, 10))
-      0.5
+      >>> # 100 values in [0, 1]: 10 per bin, cdf = 0.1, 0.2, ...; 4 bins have cdf < 0.5
+      >>> round(float(jaxprune.histogram_threshold(jnp.linspace(0., 1., 100), 0.5, 10)), 6)
+      0.4
     """
     magnitudes = jnp.asarray(magnitudes, jnp.float32)
     finite = jnp.isfinite(magnitudes)
     m = jnp.max(jnp.where(finite, magnitudes, 0), initial=0.0)
     safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
-    idx = _bin_index(magnitudes, safe_m, nbins)
-    counts = select.bin_counts(idx, nbins)
-    cdf = jnp.cumsum(counts).astype(jnp.float32) / jnp.float32(magnitudes.size)
-    below = jnp.sum(cdf < jnp.asarray(sparsity, jnp.float32)).astype(jnp.float32)
-    return jnp.where(m > 0, below / jnp.float32(nbins) * m, jnp.float32(0.0))
+    # No histogram is built. The bin index is monotone in the magnitude, so with a_(K) the K-th
+    # smallest magnitude and K the smallest count c with float32(c) / n >= s (the cdf test),
+    # "cdf[j] < s" <=> "count(bin <= j) < K" <=> "j < bin(a_(K))": the number of bins with
+    # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
+    # which costs less than the scatter-add histogram (select.bin_counts).
+    n = magnitudes.size
+    token = jax.lax.bitcast_convert_type(m, jnp.int32)
+    k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
+    value = select.kth_largest(magnitudes, n + 1 - k_cut)  # the k_cut-th smallest
+    below = jnp.where(
+        k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
+    ).astype(jnp.float32)
+    below = below / floatops.rounded(jnp.float32(nbins), token=token)  # true division
+    return jnp.where(m > 0, below * m, jnp.float32(0.0))
+
+
+def _first_count_reaching(n: int, sparsity: jax.Array, token: jax.Array) -> jax.Array:
+    """The smallest integer ``c`` in ``[0, n]`` with ``not (float32(c) / n < sparsity)``.
+
+    Evaluates the cdf test exactly as :func:`_cdf` and ``cdf < sparsity`` do (float32
+    conversion, true division); both are monotone in ``c``, so a scalar binary search
+    finds the cut. Returns ``n + 1`` if no count reaches ``sparsity``.
+    """
+    den = floatops.rounded(jnp.float32(n), token=token)
+
+    def below(c):
+        return c.astype(jnp.float32) / den < sparsity
+
+    def body(state):
+        lo, hi = state
+        mid = lo + (hi - lo) // 2
+        go_up = below(mid)
+        return jnp.where(go_up, mid + 1, lo), jnp.where(go_up, hi, mid)
+
+    lo, _ = jax.lax.while_loop(lambda st: st[0] < st[1], body, (jnp.int32(0), jnp.int32(n + 1)))
+    return lo
+
+
+def _cdf(counts: jax.Array, n: int) -> jax.Array:
+    """cumsum(counts) / n in float32 with a true division (as TF divides by max(cdf))."""
+    cdf = jnp.cumsum(counts)
+    return cdf.astype(jnp.float32) / floatops.rounded(jnp.float32(n), token=cdf[-1])
 
 
 def _bin_index(x: jax.Array, span: jax.Array, nbins: int) -> jax.Array:
@@ -339,24 +418,8 @@ def _bin_index(x: jax.Array, span: jax.Array, nbins: int) -> jax.Array:
 
 def _exceeds(q: jax.Array, span: jax.Array, x: jax.Array, n: jax.Array) -> jax.Array:
     """Whether ``q * span > x * n`` in exact arithmetic."""
-    p1, e1 = _two_prod(q, span)
-    p2, e2 = _two_prod(x, n)
-    s = p1 - p2  # Knuth's two-sum: s + t == p1 - p2 exactly
-    bv = s - p1
-    av = s - bv
-    t = (p1 - av) + (-p2 - bv)
+    p1, e1 = floatops.two_prod(q, span)
+    p2, e2 = floatops.two_prod(x, n)
+    s, t = floatops.two_sum(p1, -p2)  # s + t == p1 - p2 exactly
     exact = s + (t + (e1 - e2)) > 0
     return jnp.where(jnp.isfinite(s), exact, s > 0)
-
-
-def _two_prod(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
-
-def _split(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    c = jnp.float32(4097.0) * v
-    hi = c - (c - v)
-    return hi, v - hi

@@ -244,26 +244,28 @@ def bin_counts(indices: jax.Array, nbins: int = 256) -> jax.Array:
     nbins = int(nbins)
     if nbins < 1:
         raise ValueError(f"nbins must be >= 1, got {nbins}")
-    flat = jnp.asarray(indices).reshape(-1).astype(jnp.int32)
-    valid = (flat >= 0) & (flat < nbins)
-    n = flat.shape[0]
+    x = jnp.asarray(indices).astype(jnp.int32)
+    # Rows along the last axis, never a flat view: flattening a column-sharded array would
+    # all-gather it, while this keeps a sharded weight's layout for the scatters.
+    x = x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.shape[-1] > 0 else x.reshape(1, -1)
+    # Invalid entries get the extra bin `nbins` (dropped, or their slot of the joint index).
+    x = jnp.where((x >= 0) & (x < nbins), x, nbins)
+    rows, cols = x.shape
     group = 1
     while nbins ** (group + 1) <= 65536 and group < 4:
         group += 1
-    head = (n // group) * group
+    head = (cols // group) * group
     if group == 1 or head == 0:
-        return jnp.zeros(nbins, jnp.int32).at[jnp.where(valid, flat, nbins)].add(1, mode="drop")
-    # Invalid entries get the extra bin `nbins` in their slot of the joint index.
+        return jnp.zeros(nbins, jnp.int32).at[x].add(1, mode="drop")
     base = nbins + 1
-    digits = jnp.where(valid, flat, nbins)[:head].reshape(-1, group)
-    joint = digits[:, 0]
+    digits = x[:, :head].reshape(rows, head // group, group)
+    joint = digits[..., 0]
     for j in range(1, group):
-        joint = joint * base + digits[:, j]
+        joint = joint * base + digits[..., j]
     table = jnp.zeros(base**group, jnp.int32).at[joint].add(1, mode="promise_in_bounds")
     table = table.reshape((base,) * group)
     total = jnp.zeros(base, jnp.int32)
     for axis in range(group):
         total = total + jnp.sum(table, axis=tuple(a for a in range(group) if a != axis))
-    tail = jnp.where(valid, flat, nbins)[head:]
-    total = total.at[tail].add(1, mode="promise_in_bounds")
+    total = total.at[x[:, head:]].add(1, mode="promise_in_bounds")
     return total[:nbins]

@@ -22,6 +22,12 @@ class PruningState(NamedTuple):
         float32 masks; these take one byte per parameter.
       thresholds: like ``masks``, with a float32 scalar threshold per pruned
         leaf (in pooled units for block-pruned leaves).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxprune
+      >>> state = jaxprune.magnitude_pruning().init({"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+      >>> state.masks["w"].dtype, state.masks["b"]
+      (dtype('bool'), MaskedNode())
     """
 
     count: jax.Array

@@ -86,7 +86,7 @@ class _Pruner:
         leaves, treedef, plans = self.plan(params)
         self._warn_unmatched(plans)
         masks = [
-            optax.MaskedNode() if plan is None else jnp.ones_like(leaf, dtype=jnp.bool_)
+            optax.MaskedNode() if plan is None else _all_true_like(leaf)
             for leaf, plan in zip(leaves, plans, strict=True)
         ]
         thresholds = [
@@ -121,11 +121,18 @@ class _Pruner:
         step: jax.Array,
         force: bool,
         updates: list[Any] | None = None,
-    ) -> PruningState:
+        return_updates: bool = False,
+    ) -> PruningState | tuple[PruningState, list[Any]]:
         """TF's ``mask_update_op`` (force=True) or ``conditional_mask_update_op`` at ``step``.
 
         With ``updates`` (flat, aligned with params' leaves) the masks are those
         of ``params + updates``; the sum is only formed when masks update.
+        With ``return_updates`` the pruned leaves' updates are also returned (a
+        list aligned with the pruned leaves), routed through
+        the ``lax.cond`` (perf only, values unchanged): the cond reads them
+        anyway, so XLA materialises the optimizer's update once, and the
+        caller's ``where(mask, u, -p)`` reads that buffer instead of keeping
+        a second intermediate of the optimizer alive.
         """
         params = tree_lib.unbox(params)
         state = tree_lib.unbox(state)
@@ -148,28 +155,31 @@ class _Pruner:
                 )
                 new_t.append(t)
                 new_m.append(m)
-            return new_t, new_m
+            # The barrier only stops JAX from forwarding the pass-through out of the cond.
+            return new_t, new_m, list(jax.lax.optimization_barrier(tuple(passed))) if passed else []
 
         def keep():
-            return [old_thresholds[i] for i in idx], [old_masks[i] for i in idx]
+            return [old_thresholds[i] for i in idx], [old_masks[i] for i in idx], passed
 
+        passed = [updates[i] for i in idx] if (updates is not None and return_updates) else []
         if force:
-            new_t, new_m = update()
+            new_t, new_m, passed = update()
             last = step
         else:
             should = self.should_update(step, state.last_update_step)
-            new_t, new_m = jax.lax.cond(should, update, keep)
+            new_t, new_m, passed = jax.lax.cond(should, update, keep)
             last = jnp.where(should, step, state.last_update_step).astype(jnp.int32)
         masks, thresholds = list(old_masks), list(old_thresholds)
         for j, i in enumerate(idx):
             masks[i], thresholds[i] = new_m[j], new_t[j]
-        return PruningState(
+        new_state = PruningState(
             count=step,
             last_update_step=jnp.asarray(last, jnp.int32),
             sparsity=self.global_sparsity(step),
             masks=treedef.unflatten(masks),
             thresholds=treedef.unflatten(thresholds),
         )
+        return (new_state, passed) if return_updates else new_state
 
     def should_update(self, step: jax.Array, last_update_step: jax.Array) -> jax.Array:
         """SPEC §3: in [begin, end] (end -1 = forever) and frequency steps since the last update."""
@@ -178,6 +188,17 @@ class _Pruner:
         if hp.end_pruning_step != -1:
             in_range = in_range & (step <= hp.end_pruning_step)
         return in_range & (last_update_step + hp.pruning_frequency <= step)
+
+
+def _all_true_like(leaf: Any) -> jax.Array:
+    """An all-True bool mask shaped and sharded like ``leaf``, also under ``jit``.
+
+    ``jnp.ones_like`` of a traced leaf on an Auto-axes mesh is a constant that GSPMD
+    replicates (or puts on one device); deriving the mask elementwise from the leaf lets
+    sharding propagation give it the leaf's sharding.
+    """
+    nan = jnp.isnan(leaf)
+    return nan | ~nan
 
 
 def as_hparams(hparams: Any) -> PruningHParams:
@@ -281,7 +302,12 @@ def magnitude_pruning(
         leaves, treedef, plans = pruner.plan(params)
         update_leaves = treedef.flatten_up_to(updates)
         step = jnp.asarray(state.count, jnp.int32) + 1
-        new_state = pruner.mask_update(params, state, step, force=False, updates=update_leaves)
+        new_state, passed = pruner.mask_update(
+            params, state, step, force=False, updates=update_leaves, return_updates=True
+        )
+        pruned = [i for i, plan in enumerate(plans) if plan is not None]
+        for i, u in zip(pruned, passed, strict=True):
+            update_leaves[i] = u
         masks = treedef.flatten_up_to(new_state.masks)
         out = [
             u if plan is None else jnp.where(m, u, -leaf.astype(u.dtype))

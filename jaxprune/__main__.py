@@ -1,0 +1,8 @@
+"""``python -m jaxprune demo ...``: the same as the ``jaxprune`` console script."""
+
+import sys
+
+from jaxprune._src.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

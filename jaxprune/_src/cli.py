@@ -1,0 +1,214 @@
+"""The ``jaxprune`` command line (``jaxprune demo ...`` or ``python -m jaxprune demo ...``).
+
+Only the standard library is imported at module level: the demo's optional
+dependencies (the ``examples`` extra) are checked when the demo runs, with a
+message that says how to install them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+from collections.abc import Sequence
+
+#: The demo's optional dependencies: (import name, distribution name).
+EXAMPLES_EXTRA = (
+    ("flax.nnx", "flax"),
+    ("matplotlib", "matplotlib"),
+    ("sklearn", "scikit-learn"),
+    ("tqdm", "tqdm"),
+)
+
+DEMO_DESCRIPTION = """\
+Train a small Flax CNN (3x3 conv, BatchNorm, max-pool, 3x3 conv, 2 dense) on
+scikit-learn's bundled 8x8 digits twice, with the same seed, batches and
+steps: a dense baseline (plain optax Adam) and a pruned run with
+optax.chain(adam, jaxprune.magnitude_pruning(hparams)), which prunes every
+kernel (not the biases or BatchNorm) along TF's gradual cubic schedule.
+
+Schedule defaults, for N = --steps: a dense warm-up of 0.1*N steps
+(begin_pruning_step = sparsity_function_begin_step = 0.1*N), the cubic ramp
+to --target-sparsity ending at sparsity_function_end_step = 2/3*N, then
+fine-tuning at the target (masks keep updating, end_pruning_step=-1);
+pruning_frequency=10 (fewer for short runs, so that the ramp has >= 5 mask
+updates); initial_sparsity=0, exponent 3, name=demo. The first conv layer
+(144 weights) is pruned to half the target: weight_sparsity_map=[conv1/:S/2].
+--hparams is applied last and overrides any of these and the other flags.
+
+Training: Adam (warm-up, cosine decay from 3e-3), batch 128, random +-1 pixel
+shifts; the same initial weights, batches and shifts in both runs.
+
+Prints a per-layer table and dense vs pruned test accuracy, and writes
+summary.json, sparsity.png, training.png and layers.png to --out.
+"""
+
+
+class MissingExtrasError(RuntimeError):
+    """The ``examples`` extra (flax, matplotlib, scikit-learn, tqdm) is not installed."""
+
+
+def check_extras() -> None:
+    """Checks that the demo's optional dependencies import.
+
+    Raises:
+      MissingExtrasError: naming the missing packages and the install command
+        ``pip install "jaxprune[examples]"``.
+    """
+    missing = []
+    for module, dist in EXAMPLES_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    if missing:
+        raise MissingExtrasError(
+            f"the jaxprune demo needs the optional 'examples' dependencies; missing: "
+            f'{", ".join(missing)}. Install them with:\n    pip install "jaxprune[examples]"'
+        )
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.9), got {text!r}")
+    return value
+
+
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3, got {value}")
+    return value
+
+
+def _block(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(-1|\d+)\s*[xX]\s*(-1|\d+)\s*", text)
+    if not m or 0 in (int(m.group(1)), int(m.group(2))):
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHTxWIDTH with each >= 1 or -1 (whole dimension), e.g. 4x4 or 1x1; "
+            f"got {text!r}"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jaxprune`` command.
+
+    Returns:
+      An ``argparse.ArgumentParser`` with the ``demo`` subcommand.
+    """
+    parser = argparse.ArgumentParser(
+        prog="jaxprune",
+        description="jaxprune: gradual magnitude pruning for JAX, Flax and optax.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on the digits dataset, dense and pruned, and compare",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "--target-sparsity",
+        type=_sparsity,
+        default=0.9,
+        metavar="S",
+        help="final sparsity of the kernels (conv1: half of it), in [0, 1) (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--steps",
+        type=_steps,
+        default=1500,
+        metavar="N",
+        help="training steps of each run, batch 128 (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--block",
+        type=_block,
+        default=(1, 1),
+        metavar="HxW",
+        help="pruning block shape (block_height x block_width) for the 2-D kernels, e.g. 4x4; "
+        "-1 = the whole dimension (default: 1x1, elementwise)",
+    )
+    demo.add_argument(
+        "--method",
+        choices=("exact", "histogram"),
+        default="exact",
+        help="threshold method: exact k-th largest (TF r1.15) or histogram (TF r1.11) "
+        "(default: %(default)s)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument(
+        "--out",
+        default="demo_out",
+        metavar="DIR",
+        help="output directory for summary.json and the plots (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--hparams",
+        default="",
+        metavar="STR",
+        help='TF HParams string applied last, e.g. "pruning_frequency=20,'
+        'weight_sparsity_map=[conv1:0.5]"',
+    )
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    demo.set_defaults(subparser=demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``jaxprune`` command.
+
+    Args:
+      argv: the arguments after the program name; None means ``sys.argv[1:]``.
+
+    Returns:
+      The exit status: 0 on success, 1 if the optional dependencies are
+      missing.
+
+    Raises:
+      SystemExit: with status 2 and a usage message, for invalid flags or
+        hyperparameters (argparse's convention).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        check_extras()
+    except MissingExtrasError as e:
+        print(f"jaxprune: error: {e}", file=sys.stderr)
+        return 1
+    from jaxprune._src import demo
+
+    config = demo.DemoConfig(
+        target_sparsity=args.target_sparsity,
+        steps=args.steps,
+        block=args.block,
+        method=args.method,
+        seed=args.seed,
+        out=args.out,
+        hparams=args.hparams,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+    )
+    try:
+        demo.build_hparams(config)
+    except ValueError as e:
+        args.subparser.error(f"invalid pruning hyperparameters: {e}")
+    demo.run_demo(config)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
