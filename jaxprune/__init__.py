@@ -4,6 +4,7 @@ TF ``tf.contrib.model_pruning`` semantics (Zhu & Gupta 2017) as pure functions
 over parameter pytrees and one chainable optax transform.
 """
 
+from jaxprune._src.checkpoint import abstract_state
 from jaxprune._src.hparams import PruningHParams, get_pruning_hparams, print_hparams
 from jaxprune._src.masks import (
     exact_threshold,
@@ -32,6 +33,7 @@ __all__ = (
     "Pruning",
     "PruningHParams",
     "PruningState",
+    "abstract_state",
     "apply_masks",
     "default_prunable",
     "exact_threshold",

@@ -53,7 +53,7 @@ def _readme_block(heading, lang):
 def test_readme_quickstart_runs(capsys):
     code = _readme_block("## Quickstart", "python")
     namespace = {}
-    exec(compile(code, "README.md:quickstart", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "README.md:quickstart", "exec"), namespace)
     out = capsys.readouterr().out
     assert "model_pruning/sparsity" in out and "dense1: 0.900 sparse" in out
 

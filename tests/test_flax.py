@@ -78,7 +78,8 @@ def test_nnx_optimizer(dtype):
     stripped = jaxprune.strip_pruning(nnx.state(model, nnx.Param), state)
     nnx.update(model, stripped)
     np.testing.assert_array_equal(
-        np.asarray(model.dense.kernel[...].astype(jnp.float32)) == 0, ~state.masks["dense"]["kernel"]
+        np.asarray(model.dense.kernel[...].astype(jnp.float32)) == 0,
+        ~state.masks["dense"]["kernel"],
     )
 
 

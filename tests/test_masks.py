@@ -364,10 +364,11 @@ def test_weight_mask_traces_once_across_sparsities_and_thresholds():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_weight_mask_low_precision_dtypes(dtype):
     w = jnp.linspace(1.0, 100.0, 100).astype(dtype).reshape(10, 10)
-    _, mask = _mask(w.astype(jnp.float32), 0.7, HP)
+    _, mask_f32 = _mask(w.astype(jnp.float32), 0.7, HP)
     _, mask_low = jax.jit(lambda w: jaxprune.weight_mask(w, 0.7, hparams=HP))(w)
     ref = ref_weight_mask(np.asarray(w.astype(jnp.float32)), 0.7)[1]
     np.testing.assert_array_equal(mask_low, ref)
+    np.testing.assert_array_equal(mask_low, mask_f32)
     assert mask_low.shape == w.shape
 
 

@@ -143,18 +143,36 @@ class _Pruner:
         idx = [i for i, plan in enumerate(plans) if plan is not None]
 
         def update():
-            new_t, new_m = [], []
+            weights = {}
             for i in idx:
-                plan = plans[i]
-                sparsity = jnp.asarray(plan.schedule(step), jnp.float32)
-                weights = leaves[i]
+                weights[i] = leaves[i]
                 if updates is not None:
-                    weights = (weights + updates[i]).astype(weights.dtype)
-                t, m = masks_lib._weight_mask(
-                    weights, sparsity, old_thresholds[i], self.hparams, plan.block_dims
+                    weights[i] = (leaves[i] + updates[i]).astype(leaves[i].dtype)
+            sparsities = {i: jnp.asarray(plans[i].schedule(step), jnp.float32) for i in idx}
+            results = {}
+            for members in _batches(idx, weights, plans):
+                block_dims = plans[members[0]].block_dims
+                if len(members) == 1:
+                    i = members[0]
+                    results[i] = masks_lib._weight_mask(
+                        weights[i], sparsities[i], old_thresholds[i], self.hparams, block_dims
+                    )
+                    continue
+                # Same-shaped small leaves share one (vmapped) selection loop: one loop to
+                # compile instead of one per leaf. Results are the same as leaf by leaf.
+                t, m = jax.vmap(
+                    lambda w, s, th, bd=block_dims: masks_lib._weight_mask(
+                        w, s, th, self.hparams, bd
+                    )
+                )(
+                    jnp.stack([weights[i] for i in members]),
+                    jnp.stack([sparsities[i] for i in members]),
+                    jnp.stack([jnp.asarray(old_thresholds[i], jnp.float32) for i in members]),
                 )
-                new_t.append(t)
-                new_m.append(m)
+                for j, i in enumerate(members):
+                    results[i] = (t[j], m[j])
+            new_t = [results[i][0] for i in idx]
+            new_m = [results[i][1] for i in idx]
             # The barrier only stops JAX from forwarding the pass-through out of the cond.
             return new_t, new_m, list(jax.lax.optimization_barrier(tuple(passed))) if passed else []
 
@@ -188,6 +206,24 @@ class _Pruner:
         if hp.end_pruning_step != -1:
             in_range = in_range & (step <= hp.end_pruning_step)
         return in_range & (last_update_step + hp.pruning_frequency <= step)
+
+
+# Leaves up to this size that share a shape, dtype and block dims are masked in one batch.
+_BATCH_MAX_ELEMENTS = 1 << 20
+
+
+def _batches(idx: list[int], weights: dict[int, Any], plans: list[Any]) -> list[list[int]]:
+    """Groups pruned leaves that can share one vmapped mask computation."""
+    groups: dict[Any, list[int]] = {}
+    for i in idx:
+        w = weights[i]
+        sharding = getattr(jax.typeof(w), "sharding", None)
+        explicit = sharding is not None and bool(getattr(sharding.mesh, "explicit_axes", ()))
+        if w.size > _BATCH_MAX_ELEMENTS or explicit:
+            groups[("single", i)] = [i]
+        else:
+            groups.setdefault((w.shape, w.dtype, plans[i].block_dims), []).append(i)
+    return list(groups.values())
 
 
 def _all_true_like(leaf: Any) -> jax.Array:
@@ -297,6 +333,12 @@ def magnitude_pruning(
                 "jaxprune.magnitude_pruning needs the current params: call "
                 "tx.update(updates, opt_state, params)"
             )
+        return jitted_update(updates, state, params)
+
+    # Compiled once, so that eager calls (outside the user's jit) do not dispatch the mask
+    # update op by op; inside the user's jit it is inlined.
+    @jax.jit
+    def jitted_update(updates, state, params):
         params = tree_lib.unbox(params)
         updates = tree_lib.unbox(updates)
         leaves, treedef, plans = pruner.plan(params)
