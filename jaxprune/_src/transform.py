@@ -92,10 +92,11 @@ class _Pruner:
         thresholds = [
             optax.MaskedNode() if plan is None else jnp.zeros((), jnp.float32) for plan in plans
         ]
+        # Distinct buffers for every leaf: users donate optimizer states to jit.
         zero = jnp.zeros((), jnp.int32)
         return PruningState(
             count=zero,
-            last_update_step=zero,
+            last_update_step=jnp.zeros((), jnp.int32),
             sparsity=self.global_sparsity(zero),
             masks=treedef.unflatten(masks),
             thresholds=treedef.unflatten(thresholds),
