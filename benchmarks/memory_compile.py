@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from common import deep_mlp_model, machine, make_step, mlp_model
+from mask_cost import mask_fn as _mask
 
 import jaxprune
 
@@ -42,11 +43,6 @@ def state_bytes() -> dict:
         "added_bytes": ours - plain,
         "per_param": (ours - plain) / pruned,
     }
-
-
-@partial(jax.jit, static_argnames="method")
-def _mask(w, s, method):
-    return jaxprune.weight_mask(w, s, hparams=HP.replace(threshold_method=method))
 
 
 @jax.jit

@@ -28,11 +28,10 @@ import sys
 
 def _worker(devices: int, sizes: list[int], repeat: int) -> list[dict]:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    import time
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
+    from common import timeit  # imports jax: only after XLA_FLAGS is set
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -43,13 +42,7 @@ def _worker(devices: int, sizes: list[int], repeat: int) -> list[dict]:
     layouts = {"rows": P("x", None), "cols": P(None, "x")} if devices > 1 else {"-": P()}
 
     def median_ms(fn, *args):
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - t)
-        return float(np.median(times) * 1e3)
+        return timeit(fn, *args, repeats=repeat)
 
     rows = []
     for n in sizes:

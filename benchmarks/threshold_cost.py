@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,23 +29,14 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import timeit
+
 from jaxprune._src.select import _select, bin_counts
 
 SHAPES = {"1M": (1024, 1024), "4M": (2048, 2048), "16M": (4096, 4096), "67M": (8192, 8192)}
 # The full sort takes ~7 s at 16.7M elements on 2 CPU cores; at 67M it would take ~30 s per call.
 SORT_MAX_N = 4096 * 4096
 TOPK_MAX_N = 2048 * 2048
-
-
-def timeit(fn, *args, repeats: int) -> float:
-    """Median wall time in ms of ``fn(*args)`` after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 @jax.jit
