@@ -1,5 +1,7 @@
 """magnitude_pruning and Pruning: TF's step semantics, optax chains, jit, errors, state."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -488,3 +490,21 @@ def test_summaries_of_opt_state_under_jit():
     assert float(s["d/kernel/sparsity"]) == 0.5
     assert float(s["d/kernel/threshold"]) == 51.0
     assert int(s["model_pruning/last_mask_update_step"]) == 100
+
+
+def test_optimizer_state_can_be_donated():
+    # Every state leaf must own its buffer: jit(..., donate_argnums) rejects a buffer donated twice.
+    tx = optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(HP.replace(pruning_frequency=2)))
+    params = {"a": jnp.ones((4, 4)), "b": jnp.ones((4, 4)), "bias": jnp.ones(4)}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+    assert len(buffers) == len(set(buffers))
+    for _ in range(4):
+        params, state = step(params, state)
+    assert int(jaxprune.get_pruning_state(state).last_update_step) == 4
