@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import mask_cost
@@ -29,6 +33,17 @@ def main() -> None:
         train_overhead.main(["--models", "mlp", "--rounds", "2"])
     else:
         train_overhead.main(["--rounds", "12", "--methods", "exact,histogram"])
+    # The same, with glibc told to keep large freed blocks mapped (no page faults on XLA's
+    # per-step temporaries); it must be set before the process starts, hence a subprocess.
+    print("\nWith MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296:\n", flush=True)
+    tuned = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+    script = pathlib.Path(__file__).with_name("train_overhead.py")
+    models, rounds = ("mlp", "2") if args.quick else ("mlp,cnn", "10")
+    subprocess.run(
+        [sys.executable, str(script), "--models", models, "--rounds", rounds],
+        env={**os.environ, **tuned},
+        check=True,
+    )
     print("\n## 2. Threshold / mask cost\n")
     mask_cost.main(["--sizes", "1M", "--repeats", "2"] if args.quick else [])
     print("\n## 3-4. Memory and compile time\n")
