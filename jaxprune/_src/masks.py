@@ -370,7 +370,7 @@ def histogram_threshold(
     n = magnitudes.size
     token = jax.lax.bitcast_convert_type(m, jnp.int32)
     k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
-    value = select.kth_largest(magnitudes, n + 1 - k_cut)  # the k_cut-th smallest
+    value = _kth_largest_jit(magnitudes, n + 1 - k_cut)  # the k_cut-th smallest
     below = jnp.where(
         k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
     ).astype(jnp.float32)
