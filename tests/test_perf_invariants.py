@@ -85,13 +85,55 @@ def test_state_masks_are_bool():
 
 
 @pytest.mark.parametrize("method", ["exact", "histogram"])
-def test_mask_update_temp_memory_below_two_weights(method):
+def test_mask_update_makes_no_full_size_float_copy(method):
+    """The selection reads |w| from w itself: no magnitudes copy, no sorted copy.
+
+    The histogram method's only full-size temp is in the branch that finds the largest finite
+    magnitude when the weight holds Inf/NaN; XLA reserves it but touches it only then.
+    """
     w = jax.ShapeDtypeStruct((4096, 4096), jnp.float32)
     s = jax.ShapeDtypeStruct((), jnp.float32)
     hp = HP.replace(threshold_method=method)
     fn = jax.jit(lambda w, s: jaxprune.weight_mask(w, s, hparams=hp))
     ma = fn.lower(w, s).compile().memory_analysis()
     weight_bytes = 4096 * 4096 * 4
-    assert ma.temp_size_in_bytes <= 2 * weight_bytes + 65536
+    limit = 0.05 if method == "exact" else 1.05
+    assert ma.temp_size_in_bytes <= limit * weight_bytes
     hlo = fn.lower(w, s).compile().as_text()
     assert 0 < _largest_sort(hlo) <= 4096  # only the strided sample is sorted, never the weight
+
+
+def _adam_steps(params, x):
+    def make(tx):
+        def step(params, state, x):
+            grads = jax.grad(lambda p: sum(jnp.sum(jnp.tanh(x * p[k])) for k in p))(params)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), x).compile()
+
+    plain = make(optax.adam(1e-3))
+    pruned = make(optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(HP)))
+    return plain, pruned
+
+
+def test_one_cond_per_large_leaf_and_one_update_buffer_at_a_time():
+    """Each large kernel has its own cond: only one kernel's update is materialised at a time.
+
+    With one cond over all kernels every kernel's update had to be live at once (a step's temp
+    grew by the size of all of them, and XLA:CPU's fresh temp buffers cost page faults).
+    """
+    params = {f"w{i}": jnp.ones((1024, 1024)) for i in range(4)}
+    plain, pruned = _adam_steps(params, jnp.float32(0.5))
+    entry = _computations(pruned.as_text())["ENTRY"]
+    assert entry.count(" conditional(") == 4
+    extra = pruned.memory_analysis().temp_size_in_bytes - plain.memory_analysis().temp_size_in_bytes
+    assert extra <= 1.5 * 1024 * 1024 * 4
+
+
+def test_small_same_shaped_leaves_share_one_cond():
+    params = {f"w{i}": jnp.ones((64, 64)) for i in range(20)}
+    params["other"] = jnp.ones((32, 64))
+    _, pruned = _adam_steps(params, jnp.float32(0.5))
+    entry = _computations(pruned.as_text())["ENTRY"]
+    assert entry.count(" conditional(") == 2

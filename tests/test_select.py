@@ -210,6 +210,62 @@ def test_passes_are_few_on_typical_data():
         assert int(passes) <= 8
 
 
+_kth_magnitude_jit = jax.jit(lambda values, k: select.kth_largest(values, k, magnitude=True))
+
+
+def np_magnitudes(x: np.ndarray) -> np.ndarray:
+    """Reference magnitudes: |x| in float32, NaN counted as 0."""
+    a = np.abs(np.asarray(x, np.float32))
+    return np.where(np.isnan(a), np.float32(0.0), a)
+
+
+@_SETTINGS
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.sampled_from([(1,), (17,), (40, 33), (3, 1030)]),
+        elements=st.sampled_from(
+            [0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e-40, -1e-40, 3e38, np.inf, -np.inf, np.nan]
+        )
+        | st.floats(-1e6, 1e6, width=32),
+    ),
+    data=st.data(),
+)
+def test_magnitude_mode_matches_reference_on_signed_nan_inf(x, data):
+    """magnitude=True ranks where(isnan, 0, |x|) without the caller forming it."""
+    k = data.draw(st.integers(1, x.size))
+    assert_bits_equal(_kth_magnitude_jit(x, jnp.int32(k)), np_kth_largest(np_magnitudes(x), k))
+
+
+def test_magnitude_mode_bf16_and_typical_passes():
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.standard_normal(5000), jnp.bfloat16)
+    want = np_magnitudes(np.asarray(x.astype(jnp.float32)))
+    for k in (1, 7, 2500, 5000):
+        assert_bits_equal(select.kth_largest(x, k, magnitude=True), np_kth_largest(want, k))
+    w = jnp.asarray(rng.standard_normal((512, 1024)).astype(np.float32))
+    value, passes = jax.jit(select._select, static_argnames="magnitude")(
+        w, jnp.int32(100_000), magnitude=True
+    )
+    assert_bits_equal(value, np_kth_largest(np_magnitudes(np.asarray(w)), 100_000))
+    assert int(passes) <= 8
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_largest_finite(magnitude):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    if not magnitude:
+        x = np.abs(x)
+    x[3, 4], x[5, 6], x[7, 8] = np.inf, np.nan, -np.inf if magnitude else np.inf
+    base = np_magnitudes(x) if magnitude else x
+    want = np.max(np.where(np.isfinite(base), base, 0))
+    f = jax.jit(select.largest_finite, static_argnames="magnitude")
+    assert_bits_equal(f(x, magnitude=magnitude), want)
+    # No finite entry at all: 0.0.
+    assert_bits_equal(f(np.full((4, 5), np.inf, np.float32), magnitude=magnitude), np.float32(0))
+
+
 def test_doctest_examples():
     import doctest
 

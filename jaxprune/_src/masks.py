@@ -119,21 +119,26 @@ def _weight_mask(
             out_sharding=(jax.sharding.PartitionSpec(), sharding.spec),
         )(weights, jnp.asarray(sparsity, jnp.float32), jnp.asarray(threshold, jnp.float32))
     is_nan = jnp.isnan(weights)
-    # Magnitudes are ranked in float32 (exact for bf16/f16; float64 is rounded).
-    magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
     threshold = jnp.asarray(threshold, jnp.float32)
 
     squeezed_shape = tuple(d for d in weights.shape if d != 1)
     if len(squeezed_shape) != 2 or tuple(block_dims) == (1, 1):
-        new_threshold, mask = _threshold_and_mask(magnitudes, sparsity, threshold, hparams)
+        # The selection ranks where(isnan(w), 0, |w|) (in float32: exact for bf16/f16, float64
+        # is rounded) straight from the weight: no full-size copy of the magnitudes is made.
+        new_threshold, mask = _threshold_and_mask(
+            weights, sparsity, threshold, hparams, magnitude=True
+        )
     else:
+        magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
         rows, cols = squeezed_shape
         bh = rows if block_dims[0] == -1 else block_dims[0]
         bw = cols if block_dims[1] == -1 else block_dims[1]
         pooled = pool_blocks(
             magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function
         )
-        new_threshold, block_mask = _threshold_and_mask(pooled, sparsity, threshold, hparams)
+        new_threshold, block_mask = _threshold_and_mask(
+            pooled, sparsity, threshold, hparams, magnitude=False
+        )
         mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
     return new_threshold, mask & ~is_nan
 
@@ -225,13 +230,21 @@ def expand_blocks(
 
 
 def _threshold_and_mask(
-    magnitudes: jax.Array, sparsity: jax.Array, threshold: jax.Array, hparams: PruningHParams
+    values: jax.Array,
+    sparsity: jax.Array,
+    threshold: jax.Array,
+    hparams: PruningHParams,
+    magnitude: bool,
 ) -> tuple[jax.Array, jax.Array]:
+    """Threshold and mask of magnitudes, or (``magnitude=True``) of the magnitudes of values."""
     if hparams.threshold_method == "histogram":
-        current = histogram_threshold(magnitudes, sparsity, hparams.nbins)
+        current = _histogram_threshold(values, sparsity, hparams.nbins, magnitude)
     else:
-        current = exact_threshold(magnitudes, sparsity)
+        k = num_kept(values.size, sparsity)
+        current = _kth_largest_jit(values, k, magnitude=magnitude)
     smoothed = _smooth(current, threshold, hparams.threshold_decay)
+    # NaN magnitudes compare False here; callers also clear NaN positions.
+    magnitudes = jnp.abs(values).astype(jnp.float32) if magnitude else values
     if hparams.threshold_method == "histogram":
         mask = magnitudes > smoothed
     else:
@@ -295,7 +308,7 @@ def exact_threshold(magnitudes: jax.Array, sparsity: jax.typing.ArrayLike) -> ja
     return _kth_largest_jit(magnitudes, k)
 
 
-_kth_largest_jit = jax.jit(select.kth_largest)
+_kth_largest_jit = jax.jit(select.kth_largest, static_argnames="magnitude")
 
 
 def histogram_cdf(values: jax.Array, value_range: tuple, nbins: int) -> jax.Array:
@@ -351,15 +364,26 @@ def histogram_threshold(
       >>> round(float(jaxprune.histogram_threshold(jnp.linspace(0., 1., 100), 0.5, 10)), 6)
       0.4
     """
-    magnitudes = jnp.asarray(magnitudes, jnp.float32)
-    # The largest finite magnitude. A plain max is one fast read pass (XLA:CPU's reduce
-    # does not fuse an isfinite/where); only if it is Inf is the max redone without Infs.
-    top = jnp.max(magnitudes)
+    return _histogram_threshold(jnp.asarray(magnitudes, jnp.float32), sparsity, nbins, False)
+
+
+def _histogram_threshold(
+    values: jax.Array, sparsity: jax.typing.ArrayLike, nbins: int, magnitude: bool
+) -> jax.Array:
+    """histogram_threshold of ``values`` or (``magnitude``) of ``where(isnan, 0, |values|)``."""
+    # The largest finite magnitude. Plain max/min reduces are fast read passes (XLA:CPU does
+    # not fuse an abs or isfinite/where into a reduce: it would materialise a full-size copy);
+    # only if the result is Inf or NaN is the max redone over the finite values.
+    values_f32 = values.astype(jnp.float32)
+    top = jnp.max(values_f32)
+    if magnitude:
+        top = jnp.maximum(top, -jnp.min(values_f32))
+    n = values.size
     m = jax.lax.cond(
-        jnp.isinf(top),
-        lambda a: jnp.max(jnp.where(jnp.isfinite(a), a, 0), initial=0.0),
-        lambda a: top,
-        magnitudes,
+        jnp.isfinite(top),
+        lambda v: top,
+        lambda v: select.largest_finite(v, magnitude=magnitude).astype(jnp.float32),
+        values,
     )
     safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
     # No histogram is built. The bin index is monotone in the magnitude, so with a_(K) the K-th
@@ -367,10 +391,10 @@ def histogram_threshold(
     # "cdf[j] < s" <=> "count(bin <= j) < K" <=> "j < bin(a_(K))": the number of bins with
     # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
     # which costs less than the scatter-add histogram (select.bin_counts).
-    n = magnitudes.size
     token = jax.lax.bitcast_convert_type(m, jnp.int32)
     k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
-    value = _kth_largest_jit(magnitudes, n + 1 - k_cut)  # the k_cut-th smallest
+    # The k_cut-th smallest.
+    value = _kth_largest_jit(values, n + 1 - k_cut, magnitude=magnitude)
     below = jnp.where(
         k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
     ).astype(jnp.float32)

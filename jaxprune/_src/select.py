@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["bin_counts", "kth_largest"]
+__all__ = ["bin_counts", "kth_largest", "largest_finite"]
 
 # Pivots per counting pass. XLA:CPU keeps a variadic reduce of up to ~16 outputs in registers;
 # 9 pivots (+ min + max) cost about 2.5 read passes on a 2-core CPU.
@@ -78,13 +78,20 @@ def _key_dtypes(dtype: np.dtype) -> tuple[np.dtype, np.dtype]:
     return jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)
 
 
-def _keys(x: jax.Array, fdtype: np.dtype, idtype: np.dtype) -> jax.Array:
+def _keys(x: jax.Array, fdtype: np.dtype, idtype: np.dtype, magnitude: bool = False) -> jax.Array:
     # Non-negative IEEE floats order like their bit patterns read as signed integers. Negative
     # inputs (which callers never pass; -0.0 is the only plausible one) get negative keys, i.e.
-    # rank below +0.0, and the search never reports a key below 0. The bare bitcast is free: any
-    # further elementwise op here would be hoisted out of the search loop by XLA and
-    # materialised as a full-size copy of the data (page faults cost more than a pass).
-    return lax.bitcast_convert_type(x.astype(fdtype), idtype)
+    # rank below +0.0, and the search never reports a key below 0. With ``magnitude`` the keys
+    # are those of ``where(isnan(x), 0, |x|)``: the sign bit is cleared and NaN keys (above
+    # Inf's) become 0. Inside the search loop these ops run after the loop-variant barrier, so
+    # XLA recomputes them on every pass instead of materialising a full-size copy of the data
+    # (a fresh buffer's page faults cost more than the two integer ops per element).
+    k = lax.bitcast_convert_type(x.astype(fdtype), idtype)
+    if magnitude:
+        k = k & idtype.type(np.iinfo(idtype).max)
+        inf_key = idtype.type(np.array(np.inf, fdtype).view(idtype))
+        k = jnp.where(k > inf_key, idtype.type(0), k)
+    return k
 
 
 def _count_pass(
@@ -94,13 +101,14 @@ def _count_pass(
     hi: jax.Array,
     fdtype: np.dtype,
     idtype: np.dtype,
+    magnitude: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One read of the data: counts of keys >= each pivot, min key >= lo, max key < hi."""
     num = pivots.shape[0]
     big = np.iinfo(idtype).max
     counts, mins, maxs = [], [], []
     for x in parts:
-        k = _keys(x, fdtype, idtype)
+        k = _keys(x, fdtype, idtype, magnitude)
         operands = tuple((k >= pivots[i]).astype(jnp.int32) for i in range(num))
         operands += (jnp.where(k >= lo, k, big), jnp.where(k < hi, k, idtype.type(-1)))
         inits = (np.int32(0),) * num + (idtype.type(big), idtype.type(-1))
@@ -117,7 +125,7 @@ def _count_pass(
     return sum(counts[1:], counts[0]), jnp.min(jnp.stack(mins)), jnp.max(jnp.stack(maxs))
 
 
-def kth_largest(values: jax.Array, k: jax.Array | int) -> jax.Array:
+def kth_largest(values: jax.Array, k: jax.Array | int, *, magnitude: bool = False) -> jax.Array:
     """Returns the k-th largest element of a non-negative array, exactly, in O(n).
 
     The result is bit-identical to ``jnp.sort(values.ravel())[::-1][k - 1]`` with IEEE
@@ -131,6 +139,8 @@ def kth_largest(values: jax.Array, k: jax.Array | int) -> jax.Array:
         (with ``jax_enable_x64``) is searched on 64-bit keys. Negative entries, including
         ``-0.0``, are treated as ``+0.0``.
       k: Integer scalar, 1-based rank (``k=1`` is the maximum); clamped to ``[1, values.size]``.
+      magnitude: If True, ranks ``where(isnan(values), 0, abs(values))`` instead (any signs,
+        NaN allowed) without materialising that array.
 
     Returns:
       A 0-d array with the k-th largest value: float64 for float64 input, else float32.
@@ -141,10 +151,12 @@ def kth_largest(values: jax.Array, k: jax.Array | int) -> jax.Array:
       >>> print(kth_largest(x, 1), kth_largest(x, 2), kth_largest(x, 4), kth_largest(x, 6))
       inf 2.0 1.0 0.0
     """
-    return _select(values, k)[0]
+    return _select(values, k, magnitude=magnitude)[0]
 
 
-def _select(values: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+def _select(
+    values: jax.Array, k: jax.Array | int, *, magnitude: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """`kth_largest` that also returns the number of counting passes it made."""
     values = jnp.asarray(values)
     if not jnp.issubdtype(values.dtype, jnp.floating):
@@ -162,7 +174,7 @@ def _select(values: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array
     lo0, hi0 = idtype.type(0), idtype.type(inf_key + 1)
 
     # First-pass pivots: quantiles of a sorted strided sample around the expected rank.
-    sample = jnp.sort(_keys(_sample(parts, _SAMPLE_SIZE), fdtype, idtype))
+    sample = jnp.sort(_keys(_sample(parts, _SAMPLE_SIZE), fdtype, idtype, magnitude))
     s = sample.shape[0]
     frac = (n - kk.astype(jnp.float32) + 0.5) / n  # ascending quantile of the answer
     centre = frac * s - 0.5
@@ -199,7 +211,7 @@ def _select(values: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array
         # loop, which would materialise a full-size copy of the data.
         # Tying the data to the loop counter makes the barrier itself loop-variant.
         data, _ = lax.optimization_barrier((tuple(parts), it))
-        counts, mn, mx = _count_pass(data, pivots, lo, hi, fdtype, idtype)
+        counts, mn, mx = _count_pass(data, pivots, lo, hi, fdtype, idtype, magnitude)
         ge = counts >= kk
         new_lo = jnp.maximum(lo, jnp.max(jnp.where(ge, pivots, lo)))
         new_c_lo = jnp.minimum(c_lo, jnp.min(jnp.where(ge, counts, c_lo)))
@@ -217,6 +229,21 @@ def _select(values: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array
     state = (lo0, hi0, jnp.int32(n), jnp.int32(0), jnp.int32(0))
     lo, _, _, _, passes = lax.while_loop(cond, body, state)
     return lax.bitcast_convert_type(lo, fdtype), passes
+
+
+def largest_finite(values: jax.Array, *, magnitude: bool = False) -> jax.Array:
+    """The largest finite entry of non-negative ``values`` (``magnitude``: of ``|values|``).
+
+    NaN is ignored; 0.0 if there is no finite entry. One counting pass (its "max key below
+    Inf"), with no full-size copy of the data as ``where(isfinite(v), v, 0)`` would make.
+    """
+    values = jnp.asarray(values)
+    fdtype, idtype = _key_dtypes(values.dtype)
+    inf_key = idtype.type(np.array(np.inf, fdtype).view(idtype))
+    _, _, mx = _count_pass(
+        _rows_view(values), jnp.stack([inf_key]), inf_key, inf_key, fdtype, idtype, magnitude
+    )
+    return lax.bitcast_convert_type(jnp.maximum(mx, idtype.type(0)), fdtype)
 
 
 def bin_counts(indices: jax.Array, nbins: int = 256) -> jax.Array:

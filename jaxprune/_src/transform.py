@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import re
 import warnings
@@ -129,11 +130,15 @@ class _Pruner:
         With ``updates`` (flat, aligned with params' leaves) the masks are those
         of ``params + updates``; the sum is only formed when masks update.
         With ``return_updates`` the pruned leaves' updates are also returned (a
-        list aligned with the pruned leaves), routed through
-        the ``lax.cond`` (perf only, values unchanged): the cond reads them
-        anyway, so XLA materialises the optimizer's update once, and the
-        caller's ``where(mask, u, -p)`` reads that buffer instead of keeping
-        a second intermediate of the optimizer alive.
+        list aligned with the pruned leaves), routed through the ``lax.cond``s
+        (perf only, values unchanged): a cond reads them anyway, so XLA
+        materialises the optimizer's update once, and the caller's
+        ``where(mask, u, -p)`` reads that buffer instead of keeping a second
+        intermediate of the optimizer alive.
+
+        Each group of leaves (see :func:`_batches`) has its own ``lax.cond``, so
+        XLA can apply one layer's update as soon as its gradient is ready and
+        only one group's updates need to be materialised at a time.
         """
         params = tree_lib.unbox(params)
         state = tree_lib.unbox(state)
@@ -142,55 +147,32 @@ class _Pruner:
         old_thresholds = treedef.flatten_up_to(state.thresholds)
         step = jnp.asarray(step, jnp.int32)
         idx = [i for i, plan in enumerate(plans) if plan is not None]
-
-        def update():
-            weights = {}
-            for i in idx:
-                weights[i] = leaves[i]
-                if updates is not None:
-                    weights[i] = (leaves[i] + updates[i]).astype(leaves[i].dtype)
-            sparsities = {i: jnp.asarray(plans[i].schedule(step), jnp.float32) for i in idx}
-            results = {}
-            for members in _batches(idx, weights, plans):
-                block_dims = plans[members[0]].block_dims
-                if len(members) == 1:
-                    i = members[0]
-                    results[i] = masks_lib._weight_mask(
-                        weights[i], sparsities[i], old_thresholds[i], self.hparams, block_dims
-                    )
-                    continue
-                # Same-shaped small leaves share one (vmapped) selection loop: one loop to
-                # compile instead of one per leaf. Results are the same as leaf by leaf.
-                t, m = jax.vmap(
-                    lambda w, s, th, bd=block_dims: masks_lib._weight_mask(
-                        w, s, th, self.hparams, bd
-                    )
-                )(
-                    jnp.stack([weights[i] for i in members]),
-                    jnp.stack([sparsities[i] for i in members]),
-                    jnp.stack([jnp.asarray(old_thresholds[i], jnp.float32) for i in members]),
-                )
-                for j, i in enumerate(members):
-                    results[i] = (t[j], m[j])
-            new_t = [results[i][0] for i in idx]
-            new_m = [results[i][1] for i in idx]
-            # The barrier only stops JAX from forwarding the pass-through out of the cond.
-            return new_t, new_m, list(jax.lax.optimization_barrier(tuple(passed))) if passed else []
-
-        def keep():
-            return [old_thresholds[i] for i in idx], [old_masks[i] for i in idx], passed
-
-        passed = [updates[i] for i in idx] if (updates is not None and return_updates) else []
-        if force:
-            new_t, new_m, passed = update()
-            last = step
-        else:
-            should = self.should_update(step, state.last_update_step)
-            new_t, new_m, passed = jax.lax.cond(should, update, keep)
-            last = jnp.where(should, step, state.last_update_step).astype(jnp.int32)
+        should = None if force else self.should_update(step, state.last_update_step)
         masks, thresholds = list(old_masks), list(old_thresholds)
-        for j, i in enumerate(idx):
-            masks[i], thresholds[i] = new_m[j], new_t[j]
+        passed = {}
+        for members in _batches(idx, leaves, plans):
+            sparsities = [jnp.asarray(plans[i].schedule(step), jnp.float32) for i in members]
+            operands = (
+                [leaves[i] for i in members],
+                [updates[i] for i in members] if updates is not None else None,
+                [jnp.asarray(old_thresholds[i], jnp.float32) for i in members],
+                [old_masks[i] for i in members],
+                sparsities,
+            )
+            update = functools.partial(
+                self._group_update, block_dims=plans[members[0]].block_dims, passing=return_updates
+            )
+            if force:
+                new_t, new_m, group_passed = update(operands)
+            else:
+                new_t, new_m, group_passed = jax.lax.cond(
+                    should, update, functools.partial(_keep, passing=return_updates), operands
+                )
+            for j, i in enumerate(members):
+                thresholds[i], masks[i] = new_t[j], new_m[j]
+                if return_updates:
+                    passed[i] = group_passed[j]
+        last = step if force else jnp.where(should, step, state.last_update_step)
         new_state = PruningState(
             count=step,
             last_update_step=jnp.asarray(last, jnp.int32),
@@ -198,7 +180,29 @@ class _Pruner:
             masks=treedef.unflatten(masks),
             thresholds=treedef.unflatten(thresholds),
         )
-        return (new_state, passed) if return_updates else new_state
+        return (new_state, [passed[i] for i in idx]) if return_updates else new_state
+
+    def _group_update(self, operands, block_dims, passing):
+        """New thresholds and masks of one group of leaves (the true branch of its cond)."""
+        params, updates, thresholds, _, sparsities = operands
+        weights = params
+        if updates is not None:
+            weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
+        if len(weights) == 1:
+            t, m = masks_lib._weight_mask(
+                weights[0], sparsities[0], thresholds[0], self.hparams, block_dims
+            )
+            new_t, new_m = [t], [m]
+        else:
+            # Same-shaped small leaves share one (vmapped) selection loop: one loop to
+            # compile instead of one per leaf. Results are the same as leaf by leaf.
+            t, m = jax.vmap(
+                lambda w, s, th: masks_lib._weight_mask(w, s, th, self.hparams, block_dims)
+            )(jnp.stack(weights), jnp.stack(sparsities), jnp.stack(thresholds))
+            new_t, new_m = list(t), list(m)
+        # The barrier only stops JAX from forwarding the pass-through out of the cond.
+        passed = list(jax.lax.optimization_barrier(tuple(updates))) if passing else []
+        return new_t, new_m, passed
 
     def should_update(self, step: jax.Array, last_update_step: jax.Array) -> jax.Array:
         """SPEC §3: in [begin, end] (end -1 = forever) and frequency steps since the last update."""
@@ -209,22 +213,34 @@ class _Pruner:
         return in_range & (last_update_step + hp.pruning_frequency <= step)
 
 
-# Leaves up to this size that share a shape, dtype and block dims are masked in one batch.
+def _keep(operands, passing):
+    """The false branch of a group's cond: the old thresholds and masks."""
+    _, updates, thresholds, masks, _ = operands
+    return thresholds, masks, (updates if passing else [])
+
+
+# Same-shaped leaves are masked in one batch of at most this many elements in all.
 _BATCH_MAX_ELEMENTS = 1 << 20
 
 
-def _batches(idx: list[int], weights: dict[int, Any], plans: list[Any]) -> list[list[int]]:
-    """Groups pruned leaves that can share one vmapped mask computation."""
-    groups: dict[Any, list[int]] = {}
+def _batches(idx: list[int], leaves: list[Any], plans: list[Any]) -> list[list[int]]:
+    """Groups pruned leaves into batches that share one vmapped mask computation.
+
+    A batch holds leaves of one shape, dtype and block dims, at most
+    ``_BATCH_MAX_ELEMENTS`` elements in all (a larger leaf, or one sharded over
+    explicit mesh axes, is a batch of its own).
+    """
+    groups: dict[Any, list[list[int]]] = {}
     for i in idx:
-        w = weights[i]
+        w = leaves[i]
         sharding = getattr(jax.typeof(w), "sharding", None)
         explicit = sharding is not None and bool(getattr(sharding.mesh, "explicit_axes", ()))
-        if w.size > _BATCH_MAX_ELEMENTS or explicit:
-            groups[("single", i)] = [i]
-        else:
-            groups.setdefault((w.shape, w.dtype, plans[i].block_dims), []).append(i)
-    return list(groups.values())
+        key = ("single", i) if explicit else (w.shape, w.dtype, plans[i].block_dims)
+        batches = groups.setdefault(key, [[]])
+        if batches[-1] and (len(batches[-1]) + 1) * w.size > _BATCH_MAX_ELEMENTS:
+            batches.append([])
+        batches[-1].append(i)
+    return [batch for batches in groups.values() for batch in batches]
 
 
 def _all_true_like(leaf: Any) -> jax.Array:
