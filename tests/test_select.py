@@ -205,7 +205,7 @@ def test_passes_are_few_on_typical_data():
     x = jnp.asarray(np.abs(rng.standard_normal((512, 1024))).astype(np.float32))
     f = jax.jit(select._select)
     for k in (1, 1000, 200_000, 524_288):
-        value, passes = f(x, jnp.int32(k))
+        value, passes, _ = f(x, jnp.int32(k))
         assert_bits_equal(value, np_kth_largest(np.asarray(x), k))
         assert int(passes) <= 8
 
@@ -244,11 +244,29 @@ def test_magnitude_mode_bf16_and_typical_passes():
     for k in (1, 7, 2500, 5000):
         assert_bits_equal(select.kth_largest(x, k, magnitude=True), np_kth_largest(want, k))
     w = jnp.asarray(rng.standard_normal((512, 1024)).astype(np.float32))
-    value, passes = jax.jit(select._select, static_argnames="magnitude")(
+    value, passes, _ = jax.jit(select._select, static_argnames="magnitude")(
         w, jnp.int32(100_000), magnitude=True
     )
     assert_bits_equal(value, np_kth_largest(np_magnitudes(np.asarray(w)), 100_000))
     assert int(passes) <= 8
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_kth_largest_and_max(magnitude):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 300)).astype(np.float32)
+    if not magnitude:
+        x = np.abs(x)
+    base = np_magnitudes(x) if magnitude else x
+    f = jax.jit(select.kth_largest_and_max, static_argnames="magnitude")
+    for k in (1, 100, 12000):
+        value, top = f(x, jnp.int32(k), magnitude=magnitude)
+        assert_bits_equal(value, np_kth_largest(base, k))
+        assert_bits_equal(top, np.max(base))
+    x[1, 2] = np.inf
+    x[3, 4] = np.nan if magnitude else 0.0
+    _, top = f(x, jnp.int32(5), magnitude=magnitude)
+    assert_bits_equal(top, np.float32(np.inf))
 
 
 @pytest.mark.parametrize("magnitude", [False, True])

@@ -309,6 +309,7 @@ def exact_threshold(magnitudes: jax.Array, sparsity: jax.typing.ArrayLike) -> ja
 
 
 _kth_largest_jit = jax.jit(select.kth_largest, static_argnames="magnitude")
+_kth_largest_and_max_jit = jax.jit(select.kth_largest_and_max, static_argnames="magnitude")
 
 
 def histogram_cdf(values: jax.Array, value_range: tuple, nbins: int) -> jax.Array:
@@ -371,14 +372,18 @@ def _histogram_threshold(
     values: jax.Array, sparsity: jax.typing.ArrayLike, nbins: int, magnitude: bool
 ) -> jax.Array:
     """histogram_threshold of ``values`` or (``magnitude``) of ``where(isnan, 0, |values|)``."""
-    # The largest finite magnitude. Plain max/min reduces are fast read passes (XLA:CPU does
-    # not fuse an abs or isfinite/where into a reduce: it would materialise a full-size copy);
-    # only if the result is Inf or NaN is the max redone over the finite values.
-    values_f32 = values.astype(jnp.float32)
-    top = jnp.max(values_f32)
-    if magnitude:
-        top = jnp.maximum(top, -jnp.min(values_f32))
     n = values.size
+    # No histogram is built. The bin index is monotone in the magnitude, so with a_(K) the K-th
+    # smallest magnitude and K the smallest count c with float32(c) / n >= s (the cdf test),
+    # "cdf[j] < s" <=> "count(bin <= j) < K" <=> "j < bin(a_(K))": the number of bins with
+    # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
+    # which costs less than the scatter-add histogram (select.bin_counts), and whose first
+    # pass also yields the largest magnitude: the method costs no more than the exact one.
+    token = jax.lax.bitcast_convert_type(jnp.asarray(sparsity, jnp.float32), jnp.int32)
+    k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
+    # The k_cut-th smallest, and the largest magnitude.
+    value, top = _kth_largest_and_max_jit(values, n + 1 - k_cut, magnitude=magnitude)
+    # The histogram spans [0, largest finite magnitude]: with an Inf, one more pass finds it.
     m = jax.lax.cond(
         jnp.isfinite(top),
         lambda v: top,
@@ -386,15 +391,7 @@ def _histogram_threshold(
         values,
     )
     safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
-    # No histogram is built. The bin index is monotone in the magnitude, so with a_(K) the K-th
-    # smallest magnitude and K the smallest count c with float32(c) / n >= s (the cdf test),
-    # "cdf[j] < s" <=> "count(bin <= j) < K" <=> "j < bin(a_(K))": the number of bins with
-    # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
-    # which costs less than the scatter-add histogram (select.bin_counts).
     token = jax.lax.bitcast_convert_type(m, jnp.int32)
-    k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
-    # The k_cut-th smallest.
-    value = _kth_largest_jit(values, n + 1 - k_cut, magnitude=magnitude)
     below = jnp.where(
         k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
     ).astype(jnp.float32)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["bin_counts", "kth_largest", "largest_finite"]
+__all__ = ["bin_counts", "kth_largest", "kth_largest_and_max", "largest_finite"]
 
 # Pivots per counting pass. XLA:CPU keeps a variadic reduce of up to ~16 outputs in registers;
 # 9 pivots (+ min + max) cost about 2.5 read passes on a 2-core CPU.
@@ -154,10 +154,24 @@ def kth_largest(values: jax.Array, k: jax.Array | int, *, magnitude: bool = Fals
     return _select(values, k, magnitude=magnitude)[0]
 
 
-def _select(
+def kth_largest_and_max(
     values: jax.Array, k: jax.Array | int, *, magnitude: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-    """`kth_largest` that also returns the number of counting passes it made."""
+    """``(kth_largest(values, k), largest value)`` in the passes of one selection.
+
+    The largest value ignores NaN and may be ``+inf``; see :func:`kth_largest` for the rest.
+    """
+    value, _, top = _select(values, k, magnitude=magnitude)
+    return value, top
+
+
+def _select(
+    values: jax.Array, k: jax.Array | int, *, magnitude: bool = False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`kth_largest` that also returns its number of counting passes and the largest value.
+
+    The largest value (NaN excluded, Inf included) comes free from the first pass.
+    """
     values = jnp.asarray(values)
     if not jnp.issubdtype(values.dtype, jnp.floating):
         raise TypeError(f"kth_largest expects a floating array, got {values.dtype}")
@@ -205,7 +219,7 @@ def _select(
         return hi - lo > 1
 
     def body(state):
-        lo, hi, c_lo, c_hi, it = state
+        lo, hi, c_lo, c_hi, it, top = state
         pivots = jnp.where(it == 0, first_pivots, interp_pivots(lo, hi, c_lo, c_hi))
         # The barrier keeps XLA from hoisting the (loop-invariant) key computation out of the
         # loop, which would materialise a full-size copy of the data.
@@ -224,11 +238,13 @@ def _select(
         negative = (it == 0) & (counts[-1] < kk)
         new_lo = jnp.where(negative, lo0, new_lo)
         new_hi = jnp.where(negative, lo0 + 1, new_hi)
-        return new_lo, new_hi, new_c_lo, new_c_hi, it + 1
+        # The first pass sees every key below Inf's + 1: its max is the largest value.
+        top = jnp.where(it == 0, mx, top)
+        return new_lo, new_hi, new_c_lo, new_c_hi, it + 1, top
 
-    state = (lo0, hi0, jnp.int32(n), jnp.int32(0), jnp.int32(0))
-    lo, _, _, _, passes = lax.while_loop(cond, body, state)
-    return lax.bitcast_convert_type(lo, fdtype), passes
+    state = (lo0, hi0, jnp.int32(n), jnp.int32(0), jnp.int32(0), idtype.type(-1))
+    lo, _, _, _, passes, top = lax.while_loop(cond, body, state)
+    return lax.bitcast_convert_type(lo, fdtype), passes, lax.bitcast_convert_type(top, fdtype)
 
 
 def largest_finite(values: jax.Array, *, magnitude: bool = False) -> jax.Array:
