@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/run.py [--quick]
 
-Full mode takes about 6-9 minutes on 2 CPU cores; --quick (a smoke run: small sizes, few
+Full mode takes about 4-5 minutes on 2 CPU cores; --quick (a smoke run: small sizes, few
 rounds) about 1-2 minutes.
 """
 
