@@ -104,6 +104,13 @@ def test_mask_update_makes_no_full_size_float_copy(method):
 
 
 def _adam_steps(params, x):
+    """Compiled train steps, plain adam vs adam + pruning, that compute their gradients.
+
+    Unlike ``_step`` (gradients passed in), the gradients are computed inside the step, as in
+    real training: passed-in gradients are all live from the start, and XLA then schedules
+    every kernel's update before the conds (20 MB of temps here instead of 4 MB).
+    """
+
     def make(tx):
         def step(params, state, x):
             grads = jax.grad(lambda p: sum(jnp.sum(jnp.tanh(x * p[k])) for k in p))(params)

@@ -251,12 +251,15 @@ def test_magnitude_mode_bf16_and_typical_passes():
     assert int(passes) <= 8
 
 
+def _normal_data(seed: int, shape: tuple, magnitude: bool) -> np.ndarray:
+    """Signed N(0, 1) float32 data for magnitude mode, its absolute value otherwise."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return x if magnitude else np.abs(x)
+
+
 @pytest.mark.parametrize("magnitude", [False, True])
 def test_kth_largest_and_max(magnitude):
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((40, 300)).astype(np.float32)
-    if not magnitude:
-        x = np.abs(x)
+    x = _normal_data(11, (40, 300), magnitude)
     base = np_magnitudes(x) if magnitude else x
     f = jax.jit(select.kth_largest_and_max, static_argnames="magnitude")
     for k in (1, 100, 12000):
@@ -271,10 +274,7 @@ def test_kth_largest_and_max(magnitude):
 
 @pytest.mark.parametrize("magnitude", [False, True])
 def test_largest_finite(magnitude):
-    rng = np.random.default_rng(10)
-    x = rng.standard_normal((64, 300)).astype(np.float32)
-    if not magnitude:
-        x = np.abs(x)
+    x = _normal_data(10, (64, 300), magnitude)
     x[3, 4], x[5, 6], x[7, 8] = np.inf, np.nan, -np.inf if magnitude else np.inf
     base = np_magnitudes(x) if magnitude else x
     want = np.max(np.where(np.isfinite(base), base, 0))

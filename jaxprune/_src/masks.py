@@ -240,8 +240,7 @@ def _threshold_and_mask(
     if hparams.threshold_method == "histogram":
         current = _histogram_threshold(values, sparsity, hparams.nbins, magnitude)
     else:
-        k = num_kept(values.size, sparsity)
-        current = _kth_largest_jit(values, k, magnitude=magnitude)
+        current = _exact_threshold(values, sparsity, magnitude)
     smoothed = _smooth(current, threshold, hparams.threshold_decay)
     # NaN magnitudes compare False here; callers also clear NaN positions.
     magnitudes = jnp.abs(values).astype(jnp.float32) if magnitude else values
@@ -304,8 +303,14 @@ def exact_threshold(magnitudes: jax.Array, sparsity: jax.typing.ArrayLike) -> ja
       >>> float(jaxprune.exact_threshold(jnp.arange(1., 101.), 0.5))
       51.0
     """
-    k = num_kept(magnitudes.size, sparsity)
-    return _kth_largest_jit(magnitudes, k)
+    return _exact_threshold(magnitudes, sparsity, False)
+
+
+def _exact_threshold(
+    values: jax.Array, sparsity: jax.typing.ArrayLike, magnitude: bool
+) -> jax.Array:
+    """exact_threshold of ``values`` or (``magnitude``) of ``where(isnan, 0, |values|)``."""
+    return _kth_largest_jit(values, num_kept(values.size, sparsity), magnitude=magnitude)
 
 
 _kth_largest_jit = jax.jit(select.kth_largest, static_argnames="magnitude")
@@ -379,8 +384,9 @@ def _histogram_threshold(
     # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
     # which costs less than the scatter-add histogram (select.bin_counts), and whose first
     # pass also yields the largest magnitude: the method costs no more than the exact one.
-    token = jax.lax.bitcast_convert_type(jnp.asarray(sparsity, jnp.float32), jnp.int32)
-    k_cut = _first_count_reaching(n, jnp.asarray(sparsity, jnp.float32), token)
+    sparsity = jnp.asarray(sparsity, jnp.float32)
+    token = jax.lax.bitcast_convert_type(sparsity, jnp.int32)
+    k_cut = _first_count_reaching(n, sparsity, token)
     # The k_cut-th smallest, and the largest magnitude.
     value, top = _kth_largest_and_max_jit(values, n + 1 - k_cut, magnitude=magnitude)
     # The histogram spans [0, largest finite magnitude]: with an Inf, one more pass finds it.

@@ -78,6 +78,11 @@ def _key_dtypes(dtype: np.dtype) -> tuple[np.dtype, np.dtype]:
     return jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)
 
 
+def _inf_key(fdtype: np.dtype, idtype: np.dtype) -> np.integer:
+    """The key (bit pattern read as a signed integer) of +inf."""
+    return idtype.type(np.array(np.inf, fdtype).view(idtype))
+
+
 def _keys(x: jax.Array, fdtype: np.dtype, idtype: np.dtype, magnitude: bool = False) -> jax.Array:
     # Non-negative IEEE floats order like their bit patterns read as signed integers. Negative
     # inputs (which callers never pass; -0.0 is the only plausible one) get negative keys, i.e.
@@ -89,8 +94,7 @@ def _keys(x: jax.Array, fdtype: np.dtype, idtype: np.dtype, magnitude: bool = Fa
     k = lax.bitcast_convert_type(x.astype(fdtype), idtype)
     if magnitude:
         k = k & idtype.type(np.iinfo(idtype).max)
-        inf_key = idtype.type(np.array(np.inf, fdtype).view(idtype))
-        k = jnp.where(k > inf_key, idtype.type(0), k)
+        k = jnp.where(k > _inf_key(fdtype, idtype), idtype.type(0), k)
     return k
 
 
@@ -184,7 +188,7 @@ def _select(
 
     # Bracket invariant: count(key >= lo) = c_lo >= k > c_hi = count(key >= hi), so the answer's
     # key lies in [lo, hi). Done when hi == lo + 1.
-    inf_key = int(np.array(np.inf, fdtype).view(idtype))
+    inf_key = int(_inf_key(fdtype, idtype))
     lo0, hi0 = idtype.type(0), idtype.type(inf_key + 1)
 
     # First-pass pivots: quantiles of a sorted strided sample around the expected rank.
@@ -255,7 +259,7 @@ def largest_finite(values: jax.Array, *, magnitude: bool = False) -> jax.Array:
     """
     values = jnp.asarray(values)
     fdtype, idtype = _key_dtypes(values.dtype)
-    inf_key = idtype.type(np.array(np.inf, fdtype).view(idtype))
+    inf_key = _inf_key(fdtype, idtype)
     _, _, mx = _count_pass(
         _rows_view(values), jnp.stack([inf_key]), inf_key, inf_key, fdtype, idtype, magnitude
     )
