@@ -15,6 +15,7 @@ from jaxprune._src.masks import (
     pool_blocks,
     weight_mask,
 )
+from jaxprune._src.oneshot import FixedMasksState, fixed_masks, prune
 from jaxprune._src.pruning import Pruning
 from jaxprune._src.schedule import sparsity_schedule
 from jaxprune._src.state import (
@@ -30,6 +31,7 @@ from jaxprune._src.tree import default_prunable, path_name
 __version__ = "0.1.0"
 
 __all__ = (
+    "FixedMasksState",
     "Pruning",
     "PruningHParams",
     "PruningState",
@@ -38,6 +40,7 @@ __all__ = (
     "default_prunable",
     "exact_threshold",
     "expand_blocks",
+    "fixed_masks",
     "get_pruning_hparams",
     "get_pruning_state",
     "histogram_cdf",
@@ -47,6 +50,7 @@ __all__ = (
     "path_name",
     "pool_blocks",
     "print_hparams",
+    "prune",
     "sparsity_schedule",
     "strip_pruning",
     "summaries",

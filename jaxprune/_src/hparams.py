@@ -16,6 +16,9 @@ from typing import Any
 _POOLING_FUNCTIONS = ("AVG", "MAX")
 _THRESHOLD_METHODS = ("exact", "histogram")
 _MAP_FIELDS = ("weight_sparsity_map", "block_dims_map")
+_PRUNING_SCOPES = ("layer", "global", "output")
+_SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,21 @@ class PruningHParams:
       use_tpu: Accepted for compatibility only; XLA handles every backend.
       threshold_method: ``"exact"`` (k-th largest magnitude, TF r1.15, the
         default) or ``"histogram"`` (TF r1.11, uses ``nbins``).
+      pruning_scope: Who competes for the kept weights: ``"layer"`` (TF, the
+        default: each weight on its own), ``"global"`` (one threshold over all
+        pruned weights not in ``weight_sparsity_map``) or ``"output"`` (each
+        output unit, a slice along the weight's last axis, on its own: Wanda's
+        comparison group).
+      sparsity_distribution: Per-weight targets: ``"uniform"`` (every weight at
+        ``target_sparsity``, the default) or ``"erk"`` (Erdos-Renyi-Kernel:
+        density proportional to ``sum(shape) / prod(shape)``).
+      sparsity_type: What is kept: ``"unstructured"`` (elementwise, or TF's
+        blocks; the default), an N:M string such as ``"2:4"`` (the N largest of
+        every M consecutive entries along ``sparsity_axis``) or ``"channel"``
+        (whole slices along ``sparsity_axis``, scored by their L2 norm).
+      sparsity_axis: The axis of N:M groups or of channels; None means the
+        type's default: ``-2`` (the input axis of Dense and Conv kernels) for
+        N:M, ``-1`` (the output axis) for channels.
 
     Examples:
       >>> import jaxprune
@@ -79,6 +97,10 @@ class PruningHParams:
     sparsity_function_exponent: float = 3.0
     use_tpu: bool = False
     threshold_method: str = "exact"
+    pruning_scope: str = "layer"
+    sparsity_distribution: str = "uniform"
+    sparsity_type: str = "unstructured"
+    sparsity_axis: int | None = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -257,6 +279,22 @@ def get_pruning_hparams() -> PruningHParams:
     return PruningHParams()
 
 
+def as_hparams(hparams: Any) -> PruningHParams:
+    """Accepts PruningHParams, None (TF defaults), a dict or a TF HParams string."""
+    if hparams is None:
+        return get_pruning_hparams()
+    if isinstance(hparams, PruningHParams):
+        return hparams
+    if isinstance(hparams, str):
+        return get_pruning_hparams().parse(hparams)
+    if isinstance(hparams, Mapping):
+        return PruningHParams.from_dict(hparams)
+    raise ValueError(
+        "hparams must be a PruningHParams (jaxprune.get_pruning_hparams()), a dict, a TF "
+        f"HParams string or None; got {type(hparams).__name__}: {hparams!r}"
+    )
+
+
 def print_hparams(hparams: PruningHParams) -> str:
     """Prints every field of ``hparams``, one ``name=value`` per line.
 
@@ -305,7 +343,9 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"hparam {name} must be a bool, got {value!r}")
         return value
-    if annotation == "int":
+    if annotation == "int | None" and value is None:
+        return None
+    if annotation in ("int", "int | None"):
         if isinstance(value, bool) or not _is_integral(value):
             raise ValueError(f"hparam {name} must be an integer, got {value!r}")
         return int(value)
@@ -425,6 +465,67 @@ def _validate(hp: PruningHParams) -> None:
                     "is not an integer"
                 ) from None
             _check_block_dim(f"block_dims_map entry {entry!r} block {dim_name}", d)
+    _validate_engine(hp)
+
+
+def _validate_engine(hp: PruningHParams) -> None:
+    """The scope, distribution and type fields, and the combinations that make no sense."""
+    # Imported here: structure.py holds the typed values these strings parse into.
+    from jaxprune._src.structure import Channel, NByM, parse_sparsity_type
+
+    for key, allowed in (
+        ("pruning_scope", _PRUNING_SCOPES),
+        ("sparsity_distribution", _SPARSITY_DISTRIBUTIONS),
+    ):
+        if getattr(hp, key) not in allowed:
+            raise ValueError(f"hparam {key} must be one of {allowed}, got {getattr(hp, key)!r}")
+    kind = parse_sparsity_type(hp.sparsity_type, hp.sparsity_axis)
+    blocks = [("block_height x block_width", f"{hp.block_height}x{hp.block_width}")] + [
+        (f"block_dims_map entry {entry!r}", value)
+        for entry, (_, value) in zip(
+            hp.block_dims_map, _split_entries(hp.block_dims_map), strict=True
+        )
+    ]
+    non_unit_blocks = [(where, v) for where, v in blocks if v.strip().lower() != "1x1"]
+
+    def conflict(what: str) -> ValueError:
+        return ValueError(
+            f"hparams sparsity_type={hp.sparsity_type!r}, pruning_scope={hp.pruning_scope!r}, "
+            f"sparsity_distribution={hp.sparsity_distribution!r}, "
+            f"threshold_method={hp.threshold_method!r}: {what}"
+        )
+
+    structured = isinstance(kind, (NByM, Channel))
+    if structured or hp.pruning_scope != "layer":
+        if hp.threshold_method != "exact":
+            raise conflict("only threshold_method='exact' supports these options")
+        if non_unit_blocks:
+            where, value = non_unit_blocks[0]
+            raise conflict(f"TF's block pruning ({where} = {value}) needs unstructured layer scope")
+    if hp.pruning_scope == "global":
+        if structured:
+            raise conflict("a global threshold needs sparsity_type='unstructured'")
+        if hp.sparsity_distribution != "uniform":
+            raise conflict("a global threshold allocates the sparsity itself; use 'uniform'")
+    if hp.pruning_scope == "output" and isinstance(kind, Channel):
+        raise conflict("channel pruning removes whole output units; use pruning_scope='layer'")
+    if isinstance(kind, NByM):
+        if hp.sparsity_distribution != "uniform":
+            raise conflict("N:M fixes every weight's sparsity at (M-N)/M; use 'uniform'")
+        if hp.weight_sparsity_map:
+            raise conflict(
+                f"N:M fixes every weight's sparsity at (M-N)/M; weight_sparsity_map "
+                f"{list(hp.weight_sparsity_map)} can't apply"
+            )
+        if not math.isclose(hp.target_sparsity, kind.sparsity, rel_tol=0.0, abs_tol=1e-6):
+            raise ValueError(
+                f"hparam target_sparsity={hp.target_sparsity!r} does not match "
+                f"sparsity_type={hp.sparsity_type!r}: N:M ends at (M-N)/M = {kind.sparsity!r}"
+            )
+    if hp.sparsity_axis is not None and not -64 <= hp.sparsity_axis < 64:
+        raise ValueError(
+            f"hparam sparsity_axis must be a small int or None, got {hp.sparsity_axis}"
+        )
 
 
 def _check_block_dim(name: str, value: int) -> None:
@@ -530,7 +631,9 @@ def _parse_scalar(key: str, annotation: str, raw: str) -> Any:
         if lowered in ("false", "0"):
             return False
         raise ValueError(f"hparam {key} must be a bool (true/false), got {raw!r}")
-    if annotation == "int":
+    if annotation == "int | None" and raw.lower() == "none":
+        return None
+    if annotation in ("int", "int | None"):
         try:
             return int(raw)
         except ValueError:

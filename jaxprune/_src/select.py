@@ -129,7 +129,9 @@ def _count_pass(
     return sum(counts[1:], counts[0]), jnp.min(jnp.stack(mins)), jnp.max(jnp.stack(maxs))
 
 
-def kth_largest(values: jax.Array, k: jax.Array | int, *, magnitude: bool = False) -> jax.Array:
+def kth_largest(
+    values: jax.Array | Sequence[jax.Array], k: jax.Array | int, *, magnitude: bool = False
+) -> jax.Array:
     """Returns the k-th largest element of a non-negative array, exactly, in O(n).
 
     The result is bit-identical to ``jnp.sort(values.ravel())[::-1][k - 1]`` with IEEE
@@ -138,7 +140,8 @@ def kth_largest(values: jax.Array, k: jax.Array | int, *, magnitude: bool = Fals
     module docstring). ``k`` may be traced, so one compilation serves every ``k``.
 
     Args:
-      values: Array of any shape with non-negative, non-NaN entries (e.g. ``|w|``). float32 is
+      values: Array of any shape with non-negative, non-NaN entries (e.g. ``|w|``), or a list
+        of such arrays, ranked together as if concatenated (no copy is made). float32 is
         the main case; bfloat16/float16 are searched as (exactly converted) float32, and float64
         (with ``jax_enable_x64``) is searched on 64-bit keys. Negative entries, including
         ``-0.0``, are treated as ``+0.0``.
@@ -170,20 +173,37 @@ def kth_largest_and_max(
 
 
 def _select(
-    values: jax.Array, k: jax.Array | int, *, magnitude: bool = False
+    values: jax.Array | Sequence[jax.Array], k: jax.Array | int, *, magnitude: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`kth_largest` that also returns its number of counting passes and the largest value.
 
     The largest value (NaN excluded, Inf included) comes free from the first pass.
     """
-    values = jnp.asarray(values)
-    if not jnp.issubdtype(values.dtype, jnp.floating):
-        raise TypeError(f"kth_largest expects a floating array, got {values.dtype}")
-    fdtype, idtype = _key_dtypes(values.dtype)
-    n = int(values.size)
+    several = isinstance(values, (list, tuple))
+    arrays = [jnp.asarray(v) for v in (values if several else [values])]
+    for v in arrays:
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            raise TypeError(f"kth_largest expects a floating array, got {v.dtype}")
+    wide = any(v.dtype == jnp.float64 for v in arrays)
+    fdtype, idtype = _key_dtypes(jnp.dtype(jnp.float64) if wide else arrays[0].dtype)
+    arrays = [v for v in arrays if v.size]
+    n = sum(int(v.size) for v in arrays)
     if n == 0:
         raise ValueError("kth_largest of an empty array")
-    parts = _rows_view(values)
+    views = [_rows_view(v) for v in arrays]
+    parts = [part for view in views for part in view]
+    # Several arrays (a global threshold): each is sampled in proportion to its size.
+    sizes = (
+        [_SAMPLE_SIZE]
+        if len(views) == 1
+        else [max(16, _SAMPLE_SIZE * int(v.size) // n) for v in arrays]
+    )
+    sample_keys = jnp.concatenate(
+        [
+            _keys(_sample(view, size), fdtype, idtype, magnitude)
+            for view, size in zip(views, sizes, strict=True)
+        ]
+    )
     kk = jnp.clip(jnp.asarray(k).astype(jnp.int32), 1, n)
 
     # Bracket invariant: count(key >= lo) = c_lo >= k > c_hi = count(key >= hi), so the answer's
@@ -192,7 +212,7 @@ def _select(
     lo0, hi0 = idtype.type(0), idtype.type(inf_key + 1)
 
     # First-pass pivots: quantiles of a sorted strided sample around the expected rank.
-    sample = jnp.sort(_keys(_sample(parts, _SAMPLE_SIZE), fdtype, idtype, magnitude))
+    sample = jnp.sort(sample_keys)
     s = sample.shape[0]
     frac = (n - kk.astype(jnp.float32) + 0.5) / n  # ascending quantile of the answer
     centre = frac * s - 0.5

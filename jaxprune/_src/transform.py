@@ -7,7 +7,7 @@ import functools
 import numbers
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,7 +16,7 @@ import optax
 
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.hparams import PruningHParams, get_pruning_hparams
+from jaxprune._src.hparams import PruningHParams, as_hparams
 from jaxprune._src.schedule import sparsity_schedule
 from jaxprune._src.state import PruningState
 
@@ -252,22 +252,6 @@ def _all_true_like(leaf: Any) -> jax.Array:
     """
     nan = jnp.isnan(leaf)
     return nan | ~nan
-
-
-def as_hparams(hparams: Any) -> PruningHParams:
-    """Accepts PruningHParams, None (TF defaults), a dict or a TF HParams string."""
-    if hparams is None:
-        return get_pruning_hparams()
-    if isinstance(hparams, PruningHParams):
-        return hparams
-    if isinstance(hparams, str):
-        return get_pruning_hparams().parse(hparams)
-    if isinstance(hparams, Mapping):
-        return PruningHParams.from_dict(hparams)
-    raise ValueError(
-        "hparams must be a PruningHParams (jaxprune.get_pruning_hparams()), a dict, a TF "
-        f"HParams string or None; got {type(hparams).__name__}: {hparams!r}"
-    )
 
 
 def _as_schedule(sparsity: Any) -> Callable[[jax.Array], jax.typing.ArrayLike]:
