@@ -6,7 +6,7 @@ import pytest
 
 import jaxprune
 
-TF_DEFAULTS = {  # TF r1.15 get_pruning_hparams(), plus jaxprune's threshold_method
+TF_DEFAULTS = {  # TF r1.15 get_pruning_hparams(), plus jaxprune's fields that default to TF
     "name": "model_pruning",
     "begin_pruning_step": 0,
     "end_pruning_step": -1,
@@ -25,6 +25,10 @@ TF_DEFAULTS = {  # TF r1.15 get_pruning_hparams(), plus jaxprune's threshold_met
     "sparsity_function_exponent": 3.0,
     "use_tpu": False,
     "threshold_method": "exact",
+    "pruning_scope": "layer",
+    "sparsity_distribution": "uniform",
+    "sparsity_type": "unstructured",
+    "sparsity_axis": None,
 }
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune._src import masks as masks_lib
+from jaxprune._src import allocation
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.hparams import PruningHParams, as_hparams
 from jaxprune._src.schedule import sparsity_schedule
@@ -25,11 +25,14 @@ SparsityArg = Callable[[jax.Array], jax.typing.ArrayLike] | float | None
 
 @dataclasses.dataclass(frozen=True)
 class _LeafPlan:
-    """What is static about one prunable leaf: its name, block dims and sparsity schedule."""
+    """What is static about one prunable leaf: its resolved rule and its sparsity schedule."""
 
-    name: str
-    block_dims: tuple[int, int]
+    rule: allocation.LeafRule
     schedule: Callable[[jax.Array], jax.Array]
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
 
 
 class _Pruner:
@@ -55,29 +58,35 @@ class _Pruner:
             jax.tree.leaves(params_filter)  # must at least be a pytree
 
     def plan(self, params: Any):
-        """Flattens params and resolves each prunable leaf's static plan."""
+        """Flattens params and resolves each prunable leaf's rule and schedule (once)."""
         leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(
             params, self.params_filter
         )
-        plans = [
-            self._leaf_plan(name) if keep else None
-            for name, keep in zip(names, prunable, strict=True)
-        ]
+        rules = allocation.resolve_rules(self.hparams, names, leaves, prunable)
+        plans = [None if rule is None else self._leaf_plan(rule) for rule in rules]
         return leaves, treedef, plans
 
-    def _leaf_plan(self, name: str) -> _LeafPlan:
+    def _leaf_plan(self, rule: allocation.LeafRule) -> _LeafPlan:
+        """The rule's sparsity schedule: TF's polynomial ramp to the weight's own target, or
+        (external schedule) TF's scaling of the global schedule by ``target_w / target``."""
         hp = self.hparams
-        target_w = hp.sparsity_for(name)
-        if target_w is None:
-            schedule = self.schedule
-        elif self.external:
-            scale = jnp.float32(target_w / hp.target_sparsity)
+        if rule.scope == "global" or (rule.target == hp.target_sparsity and not rule.fixed):
+            return _LeafPlan(rule, self.schedule)
+        if not self.external:
+            return _LeafPlan(rule, sparsity_schedule(hp, target_sparsity=rule.target))
+        if hp.target_sparsity == 0.0:
+            raise ValueError(
+                f"With an external sparsity schedule, weight {rule.name!r}'s own target "
+                f"({rule.target!r}, from weight_sparsity_map or ERK) scales the schedule by "
+                "target_w / target_sparsity (as in TF), so target_sparsity must be > 0; got "
+                f"target_sparsity={hp.target_sparsity}"
+            )
+        scale = jnp.float32(rule.target / hp.target_sparsity)
 
-            def schedule(step, _base=self.schedule, _scale=scale):
-                return _base(step) * _scale
-        else:
-            schedule = sparsity_schedule(hp, target_sparsity=target_w)
-        return _LeafPlan(name, hp.block_dims_for(name), schedule)
+        def schedule(step, _base=self.schedule, _scale=scale):
+            return _base(step) * _scale
+
+        return _LeafPlan(rule, schedule)
 
     def global_sparsity(self, step: jax.Array) -> jax.Array:
         return jnp.asarray(self.schedule(step), jnp.float32)
@@ -151,7 +160,11 @@ class _Pruner:
         masks, thresholds = list(old_masks), list(old_thresholds)
         passed = {}
         for members in _batches(idx, leaves, plans):
-            sparsities = [jnp.asarray(plans[i].schedule(step), jnp.float32) for i in members]
+            rule = plans[members[0]].rule
+            if rule.scope == "global":
+                sparsities = [self.global_sparsity(step)]
+            else:
+                sparsities = [jnp.asarray(plans[i].schedule(step), jnp.float32) for i in members]
             operands = (
                 [leaves[i] for i in members],
                 [updates[i] for i in members] if updates is not None else None,
@@ -159,9 +172,7 @@ class _Pruner:
                 [old_masks[i] for i in members],
                 sparsities,
             )
-            update = functools.partial(
-                self._group_update, block_dims=plans[members[0]].block_dims, passing=return_updates
-            )
+            update = functools.partial(self._group_update, rule=rule, passing=return_updates)
             if force:
                 new_t, new_m, group_passed = update(operands)
             else:
@@ -182,23 +193,26 @@ class _Pruner:
         )
         return (new_state, [passed[i] for i in idx]) if return_updates else new_state
 
-    def _group_update(self, operands, block_dims, passing):
+    def _group_update(self, operands, rule, passing):
         """New thresholds and masks of one group of leaves (the true branch of its cond)."""
         params, updates, thresholds, _, sparsities = operands
         weights = params
         if updates is not None:
             weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
-        if len(weights) == 1:
-            t, m = masks_lib._weight_mask(
-                weights[0], sparsities[0], thresholds[0], self.hparams, block_dims
-            )
+        hp = self.hparams
+        if rule.scope == "global":
+            # One threshold over the whole pool, counted over every weight in place.
+            t, new_m = allocation.global_masks(weights, sparsities[0], thresholds[0], hp)
+            new_t = [t] * len(weights)
+        elif len(weights) == 1:
+            t, m = allocation.leaf_mask(weights[0], sparsities[0], thresholds[0], rule, hp)
             new_t, new_m = [t], [m]
         else:
-            # Same-shaped small leaves share one (vmapped) selection loop: one loop to
-            # compile instead of one per leaf. Results are the same as leaf by leaf.
-            t, m = jax.vmap(
-                lambda w, s, th: masks_lib._weight_mask(w, s, th, self.hparams, block_dims)
-            )(jnp.stack(weights), jnp.stack(sparsities), jnp.stack(thresholds))
+            # Same-shaped small leaves with the same rule share one (vmapped) mask computation:
+            # one selection loop to compile instead of one per leaf. Same results leaf by leaf.
+            t, m = jax.vmap(lambda w, s, th: allocation.leaf_mask(w, s, th, rule, hp))(
+                jnp.stack(weights), jnp.stack(sparsities), jnp.stack(thresholds)
+            )
             new_t, new_m = list(t), list(m)
         # The barrier only stops JAX from forwarding the pass-through out of the cond.
         passed = list(jax.lax.optimization_barrier(tuple(updates))) if passing else []
@@ -226,21 +240,26 @@ _BATCH_MAX_ELEMENTS = 1 << 20
 def _batches(idx: list[int], leaves: list[Any], plans: list[Any]) -> list[list[int]]:
     """Groups pruned leaves into batches that share one vmapped mask computation.
 
-    A batch holds leaves of one shape, dtype and block dims, at most
-    ``_BATCH_MAX_ELEMENTS`` elements in all (a larger leaf, or one sharded over
-    explicit mesh axes, is a batch of its own).
+    A batch holds leaves of one shape, dtype and rule (structure and scope), at
+    most ``_BATCH_MAX_ELEMENTS`` elements in all (a larger leaf, or one sharded
+    over explicit mesh axes, is a batch of its own). The weights of a global
+    scope form one batch: they share one threshold.
     """
     groups: dict[Any, list[list[int]]] = {}
+    pool = [i for i in idx if plans[i].rule.scope == "global"]
     for i in idx:
+        if plans[i].rule.scope == "global":
+            continue
         w = leaves[i]
         sharding = getattr(jax.typeof(w), "sharding", None)
         explicit = sharding is not None and bool(getattr(sharding.mesh, "explicit_axes", ()))
-        key = ("single", i) if explicit else (w.shape, w.dtype, plans[i].block_dims)
+        rule = plans[i].rule
+        key = ("single", i) if explicit else (w.shape, w.dtype, rule.structure, rule.scope)
         batches = groups.setdefault(key, [[]])
         if batches[-1] and (len(batches[-1]) + 1) * w.size > _BATCH_MAX_ELEMENTS:
             batches.append([])
         batches[-1].append(i)
-    return [batch for batches in groups.values() for batch in batches]
+    return [batch for batches in groups.values() for batch in batches] + ([pool] if pool else [])
 
 
 def _all_true_like(leaf: Any) -> jax.Array:
