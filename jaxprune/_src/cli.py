@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps",
         type=_steps,
-        default=1500,
+        default=None,
         metavar="N",
-        help="training steps of each run, batch 128 (default: %(default)s)",
+        help="training steps of each run, batch 128 (default: 1500; 600 with --compare)",
     )
     demo.add_argument(
         "--block",
@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STR",
         help='TF HParams string applied last, e.g. "pruning_frequency=20,'
         'weight_sparsity_map=[conv1:0.5]"',
+    )
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="compare the pruning methods instead (dense, TF layer, global, ERK, 2:4, channel; "
+        "same data, seed and schedule): a table, compare.json and compare.png",
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = demo.DemoConfig(
         target_sparsity=args.target_sparsity,
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else (600 if args.compare else 1500),
         block=args.block,
         method=args.method,
         seed=args.seed,
@@ -206,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.build_hparams(config)
     except ValueError as e:
         args.subparser.error(f"invalid pruning hyperparameters: {e}")
-    demo.run_demo(config)
+    if args.compare:
+        from jaxprune._src import compare
+
+        compare.compare_methods(config)
+    else:
+        demo.run_demo(config)
     return 0
 
 

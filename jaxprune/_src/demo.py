@@ -300,6 +300,7 @@ def train(
     config: DemoConfig,
     data: tuple[np.ndarray, ...],
     hparams: jaxprune.PruningHParams | None,
+    params_filter: Any = None,
 ) -> RunResult:
     """Trains the CNN once: dense (``hparams=None``) or pruned with ``hparams``.
 
@@ -313,6 +314,7 @@ def train(
       config: the demo settings (seed, steps, progress).
       data: ``(x_train, y_train, x_test, y_test)`` from :func:`load_data`.
       hparams: pruning hyperparameters, or None for the dense baseline.
+      params_filter: which leaves are pruned (``magnitude_pruning``'s argument).
 
     Returns:
       The :class:`RunResult`.
@@ -323,7 +325,7 @@ def train(
     model = CNN(rngs=nnx.Rngs(config.seed))
     tx = make_optimizer(config.steps)
     if hparams is not None:
-        tx = optax.chain(tx, jaxprune.magnitude_pruning(hparams))
+        tx = optax.chain(tx, jaxprune.magnitude_pruning(hparams, params_filter=params_filter))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     traces = [0]
 
