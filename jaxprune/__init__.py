@@ -4,6 +4,7 @@ TF ``tf.contrib.model_pruning`` semantics (Zhu & Gupta 2017) as pure functions
 over parameter pytrees and one chainable optax transform.
 """
 
+from jaxprune._src.calibration import activation_norms, wanda_scores
 from jaxprune._src.checkpoint import abstract_state
 from jaxprune._src.hparams import PruningHParams, get_pruning_hparams, print_hparams
 from jaxprune._src.masks import (
@@ -36,6 +37,7 @@ __all__ = (
     "PruningHParams",
     "PruningState",
     "abstract_state",
+    "activation_norms",
     "apply_masks",
     "default_prunable",
     "exact_threshold",
@@ -54,5 +56,10 @@ __all__ = (
     "sparsity_schedule",
     "strip_pruning",
     "summaries",
+    "wanda_scores",
     "weight_mask",
 )
+
+from jaxprune._src.sparse import to_bcoo  # noqa: E402
+
+__all__ = (*__all__, "to_bcoo")
