@@ -132,6 +132,13 @@ def resolve_rules(
     return rules
 
 
+def single_weight_rule(hparams: PruningHParams, name: str, shape: tuple[int, ...]) -> LeafRule:
+    """The rule of one weight on its own (the scope of one weight is the weight itself)."""
+    scope = "output" if hparams.pruning_scope == "output" else "layer"
+    structure_ = _leaf_structure(hparams, name, tuple(shape))
+    return LeafRule(name, hparams.target_sparsity, False, structure_, scope)
+
+
 def _leaf_structure(hp: PruningHParams, name: str, shape: tuple[int, ...]) -> structure.Structure:
     kind = structure.parse_sparsity_type(hp.sparsity_type, hp.sparsity_axis)
     if isinstance(kind, structure.Unstructured):

@@ -21,6 +21,8 @@ Non-finite values, decided here and documented in the README:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +49,10 @@ def weight_mask(
     magnitudes strictly ``>`` it. The threshold is smoothed as
     ``(1 - threshold_decay) * current + threshold_decay * threshold``.
 
-    If the weight, with its size-1 dimensions squeezed away, is 2-D and its
-    block dims are not 1x1, ``|w|`` is first pooled (AVG or MAX) over
+    With ``sparsity_type`` N:M or ``"channel"``, or ``pruning_scope="output"``,
+    the mask is that structure's (see :func:`prune`); the returned threshold is
+    then 0. Otherwise, if the weight, with its size-1 dimensions squeezed away,
+    is 2-D and its block dims are not 1x1, ``|w|`` is first pooled (AVG or MAX) over
     non-overlapping blocks aligned at index 0 (partial blocks at the bottom and
     right edges), the threshold is computed on the pooled matrix (in pooled
     units, ``k`` counting blocks) and the block mask is expanded back.
@@ -96,7 +100,22 @@ def weight_mask(
                     "target_w / target_sparsity, but target_sparsity is 0"
                 )
             sparsity = sparsity * jnp.float32(target_w / hparams.target_sparsity)
+    if hparams.sparsity_type != "unstructured" or hparams.pruning_scope == "output":
+        # N:M, channel or per-output-unit masks: the engine's rule for this one weight (a global
+        # scope or ERK over a single weight is the weight's own threshold at ``sparsity``).
+        from jaxprune._src import allocation  # allocation builds on this module
+
+        weights = jnp.asarray(weights)
+        rule = allocation.single_weight_rule(hparams, name or "weight", weights.shape)
+        return _leaf_mask_jit(weights, sparsity, jnp.asarray(threshold, jnp.float32), rule, hparams)
     return _weight_mask_jit(weights, sparsity, threshold, hparams, hparams.block_dims_for(name))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _leaf_mask_jit(weights, sparsity, threshold, rule, hparams):
+    from jaxprune._src import allocation
+
+    return allocation.leaf_mask(weights, sparsity, threshold, rule, hparams)
 
 
 def _weight_mask(
