@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/run.py [--quick]
 
-Full mode takes about 4-5 minutes on 2 CPU cores; --quick (a smoke run: small sizes, few
-rounds) about 1-2 minutes.
+Full mode takes about 7-8 minutes on 2 CPU cores (section 7, engine_cost.py, about 3 of them);
+--quick (a smoke run: small sizes, few rounds) about 2-3 minutes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import engine_cost
 import mask_cost
 import memory_compile
 import train_overhead
@@ -50,6 +51,8 @@ def main() -> None:
     memory_compile.main(["--layers", "5"] if args.quick else [])
     print("\n## 5. GPU: not available in this environment (CPU only).")
     print("\n## 6. jaxpruner: see benchmarks/README.md (pip install jaxpruner failed here).")
+    print("\n## 7. Engine types: global threshold, N:M, channel, output scope\n")
+    engine_cost.main(["--quick"] if args.quick else [])
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
