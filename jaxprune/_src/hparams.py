@@ -227,12 +227,19 @@ class PruningHParams:
           >>> hp.block_dims_for("dense1/kernel"), hp.block_dims_for("dense2/kernel")
           ((4, 4), (1, 1))
         """
-        if name is not None:
-            for regex, dims in _split_entries(self.block_dims_map):
-                if re.search(regex, name):
-                    h, w = dims.lower().split("x")
-                    return int(h), int(w)
+        entry = self._block_dims_entry(name)
+        if entry is not None:
+            h, w = entry.rsplit(":", 1)[1].strip().lower().split("x")
+            return int(h), int(w)
         return self.block_height, self.block_width
+
+    def _block_dims_entry(self, name: str | None) -> str | None:
+        """The first block_dims_map entry whose regex ``re.search``-es ``name``, or None."""
+        if name is not None:
+            for entry in self.block_dims_map:
+                if re.search(entry.rsplit(":", 1)[0], name):
+                    return entry
+        return None
 
 
 def get_pruning_hparams() -> PruningHParams:
