@@ -132,8 +132,7 @@ def _weight_mask(
     else:
         magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
         rows, cols = squeezed_shape
-        bh = rows if block_dims[0] == -1 else block_dims[0]
-        bw = cols if block_dims[1] == -1 else block_dims[1]
+        bh, bw = _effective_block(block_dims, (rows, cols))
         pooled = pool_blocks(
             magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function
         )
@@ -142,6 +141,18 @@ def _weight_mask(
         )
         mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
     return new_threshold, mask & ~is_nan
+
+
+def _effective_block(block_dims: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:
+    """Block dims on a (rows, cols) weight: -1, or a block larger than the dimension, is all of it.
+
+    A block larger than the weight pools the whole dimension, exactly as if it were padded
+    out to the block (partial blocks average over their existing cells), without allocating
+    the padding: TF's pooling does not pad past the data either.
+    """
+    return tuple(  # type: ignore[return-value]
+        n if b == -1 else min(b, n) for b, n in zip(block_dims, shape, strict=True)
+    )
 
 
 # Compiled once per (hparams, block dims, shape): called eagerly (e.g. by TF ports), the
