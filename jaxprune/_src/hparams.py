@@ -249,12 +249,19 @@ class PruningHParams:
           >>> hp.block_dims_for("dense1/kernel"), hp.block_dims_for("dense2/kernel")
           ((4, 4), (1, 1))
         """
-        if name is not None:
-            for regex, dims in _split_entries(self.block_dims_map):
-                if re.search(regex, name):
-                    h, w = dims.lower().split("x")
-                    return int(h), int(w)
+        entry = self._block_dims_entry(name)
+        if entry is not None:
+            h, w = entry.rsplit(":", 1)[1].strip().lower().split("x")
+            return int(h), int(w)
         return self.block_height, self.block_width
+
+    def _block_dims_entry(self, name: str | None) -> str | None:
+        """The first block_dims_map entry whose regex ``re.search``-es ``name``, or None."""
+        if name is not None:
+            for entry in self.block_dims_map:
+                if re.search(entry.rsplit(":", 1)[0], name):
+                    return entry
+        return None
 
 
 def get_pruning_hparams() -> PruningHParams:
@@ -352,7 +359,12 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
     if annotation == "float":
         if isinstance(value, bool) or not _is_real(value):
             raise ValueError(f"hparam {name} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"hparam {name} must be a number in float range, got {value!r}"
+            ) from None
     # tuple[str, ...]: the two maps.
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise ValueError(f"hparam {name} must be a list of strings, got {value!r}")
@@ -395,7 +407,33 @@ def _check_unit_interval(name: str, value: float) -> None:
         raise ValueError(f"hparam {name} must be in [0, 1), got {value!r}")
 
 
+# Steps are int32 in the pruning state (like optax's counts), so step fields must fit in it.
+_INT32_MAX = 2**31 - 1
+# nbins bins are counted in int32 and scaled in float32 (exact up to 2**24).
+_NBINS_MAX = 2**24
+_STEP_FIELDS = (
+    "begin_pruning_step",
+    "end_pruning_step",
+    "pruning_frequency",
+    "sparsity_function_begin_step",
+    "sparsity_function_end_step",
+)
+
+
+def _check_int_bounds(hp: PruningHParams) -> None:
+    """Every integer field within what the int32 step and count arithmetic holds."""
+    for key in (*_STEP_FIELDS, "block_height", "block_width"):
+        value = getattr(hp, key)
+        if value > _INT32_MAX:
+            raise ValueError(
+                f"hparam {key} must be <= {_INT32_MAX} (2**31 - 1: steps are int32), got {value}"
+            )
+    if hp.nbins > _NBINS_MAX:
+        raise ValueError(f"hparam nbins must be <= {_NBINS_MAX} (2**24), got {hp.nbins}")
+
+
 def _validate(hp: PruningHParams) -> None:
+    _check_int_bounds(hp)
     if hp.begin_pruning_step < 0:
         raise ValueError(f"hparam begin_pruning_step must be >= 0, got {hp.begin_pruning_step}")
     if hp.end_pruning_step != -1 and hp.end_pruning_step <= hp.begin_pruning_step:
@@ -440,7 +478,7 @@ def _validate(hp: PruningHParams) -> None:
         _, value = _check_entry("weight_sparsity_map", entry)
         try:
             sparsity = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(
                 f"hparam weight_sparsity_map entry {entry!r}: sparsity {value!r} is not a number"
             ) from None
@@ -531,6 +569,8 @@ def _validate_engine(hp: PruningHParams) -> None:
 def _check_block_dim(name: str, value: int) -> None:
     if value < 1 and value != -1:
         raise ValueError(f"hparam {name} must be >= 1 or -1, got {value}")
+    if value > _INT32_MAX:
+        raise ValueError(f"hparam {name} must be <= {_INT32_MAX} (2**31 - 1), got {value}")
 
 
 def _check_entry(field: str, entry: str) -> tuple[str, str]:
@@ -541,9 +581,13 @@ def _check_entry(field: str, entry: str) -> tuple[str, str]:
         raise ValueError(f"hparam {field} entry {entry!r} has an empty regex")
     try:
         re.compile(regex)
-    except re.error as e:
+    except (re.error, RecursionError, OverflowError, ValueError, MemoryError) as e:
+        # Python's re rejects some patterns with other errors than re.error (deep nesting:
+        # RecursionError; huge repeat counts: OverflowError).
+        reason = str(e) or type(e).__name__
         raise ValueError(
-            f"hparam {field} entry {entry!r}: regex {regex!r} does not compile: {e}"
+            f"hparam {field} entry {entry!r}: regex {regex!r} does not compile: "
+            f"{type(e).__name__}: {reason}"
         ) from None
     return regex, value.strip()
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxprune._src import floatops, select
 from jaxprune._src.hparams import PruningHParams
+from jaxprune._src.schedule import sanitize_sparsity
 
 
 def weight_mask(
@@ -150,8 +151,7 @@ def _weight_mask(
     else:
         magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
         rows, cols = squeezed_shape
-        bh = rows if block_dims[0] == -1 else block_dims[0]
-        bw = cols if block_dims[1] == -1 else block_dims[1]
+        bh, bw = _effective_block(block_dims, (rows, cols))
         pooled = pool_blocks(
             magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function
         )
@@ -160,6 +160,18 @@ def _weight_mask(
         )
         mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
     return new_threshold, mask & ~is_nan
+
+
+def _effective_block(block_dims: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:
+    """Block dims on a (rows, cols) weight: -1, or a block larger than the dimension, is all of it.
+
+    A block larger than the weight pools the whole dimension, exactly as if it were padded
+    out to the block (partial blocks average over their existing cells), without allocating
+    the padding: TF's pooling does not pad past the data either.
+    """
+    return tuple(  # type: ignore[return-value]
+        n if b == -1 else min(b, n) for b, n in zip(block_dims, shape, strict=True)
+    )
 
 
 # Compiled once per (hparams, block dims, shape): called eagerly (e.g. by TF ports), the
@@ -261,13 +273,25 @@ def _threshold_and_mask(
     else:
         current = _exact_threshold(values, sparsity, magnitude)
     smoothed = _smooth(current, threshold, hparams.threshold_decay)
-    # NaN magnitudes compare False here; callers also clear NaN positions.
-    magnitudes = jnp.abs(values).astype(jnp.float32) if magnitude else values
-    if hparams.threshold_method == "histogram":
-        mask = magnitudes > smoothed
-    else:
-        mask = magnitudes >= smoothed
-    return smoothed, mask
+    return smoothed, _compare_magnitudes(
+        values, smoothed, strict=hparams.threshold_method == "histogram"
+    )
+
+
+def _compare_magnitudes(values: jax.Array, threshold: jax.Array, strict: bool) -> jax.Array:
+    """``|values| >= threshold`` (``>`` if strict), compared as the selection ranks them.
+
+    The comparison is made on the float32 bit patterns of the magnitudes (the keys the
+    exact selection ranks), not on floats: XLA:CPU flushes denormals to zero in float
+    comparisons, which would keep every denormal weight whatever the threshold (the exact
+    threshold is the true k-th largest, denormal or not). For non-NaN magnitudes the order
+    of the keys is the IEEE order, so the result is unchanged for normal numbers. NaN
+    entries are cleared by the caller.
+    """
+    f32, i32 = jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)
+    keys = select._keys(values, f32, i32, magnitude=True)
+    t = select._keys(jnp.asarray(threshold, jnp.float32), f32, i32, magnitude=True)
+    return keys > t if strict else keys >= t
 
 
 def _smooth(current: jax.Array, previous: jax.Array, decay: float) -> jax.Array:
@@ -329,6 +353,8 @@ def _exact_threshold(
     values: jax.Array, sparsity: jax.typing.ArrayLike, magnitude: bool
 ) -> jax.Array:
     """exact_threshold of ``values`` or (``magnitude``) of ``where(isnan, 0, |values|)``."""
+    # Both methods define a sparsity outside [0, 1) alike: NaN -> 0, clamped (README).
+    sparsity = sanitize_sparsity(sparsity)
     return _kth_largest_jit(values, num_kept(values.size, sparsity), magnitude=magnitude)
 
 
@@ -403,7 +429,7 @@ def _histogram_threshold(
     # cdf < s is bin(a_(K)), exactly. a_(K) comes from the sort-free counting-pass select,
     # which costs less than the scatter-add histogram (select.bin_counts), and whose first
     # pass also yields the largest magnitude: the method costs no more than the exact one.
-    sparsity = jnp.asarray(sparsity, jnp.float32)
+    sparsity = sanitize_sparsity(sparsity)  # as in _exact_threshold
     token = jax.lax.bitcast_convert_type(sparsity, jnp.int32)
     k_cut = _first_count_reaching(n, sparsity, token)
     # The k_cut-th smallest, and the largest magnitude.

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune._src import floatops
 from jaxprune._src.hparams import PruningHParams
@@ -64,3 +65,33 @@ def sparsity_schedule(hparams: PruningHParams, *, target_sparsity: float | None 
         return floatops.rounded(jnp.float32(initial - target) * ramp) + jnp.float32(target)
 
     return schedule
+
+
+# The largest float32 below 1: sparsities are clamped into [0, 1) with this as the top.
+_BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def sanitize_sparsity(
+    sparsity: jax.typing.ArrayLike, previous: jax.typing.ArrayLike = 0.0
+) -> jax.Array:
+    """Defines a sparsity outside ``[0, 1)``: NaN becomes ``previous``, the rest is clamped.
+
+    External schedules (``magnitude_pruning(sparsity=...)``) can return anything.
+    Both threshold methods then see the same sparsity: NaN is replaced by
+    ``previous`` (the transform passes the last scheduled sparsity, so a NaN
+    keeps the pruning level), values below 0 become 0 and values >= 1 (and
+    +Inf) become the largest float32 below 1 (at least the largest weight is
+    kept, as with ``k >= 1``). Values in ``[0, 1)`` are returned unchanged.
+
+    Args:
+      sparsity: a float scalar (may be traced).
+      previous: the value that replaces NaN (itself in ``[0, 1)``).
+
+    Returns:
+      A float32 scalar in ``[0, 1)``.
+    """
+    sparsity = jnp.asarray(sparsity, jnp.float32)
+    if sparsity.ndim != 0:
+        raise ValueError(f"a sparsity must be a scalar, got shape {sparsity.shape}")
+    sparsity = jnp.where(jnp.isnan(sparsity), jnp.asarray(previous, jnp.float32), sparsity)
+    return jnp.clip(sparsity, jnp.float32(0.0), jnp.float32(_BELOW_ONE))

@@ -80,25 +80,36 @@ def get_pruning_state(opt_state: Any) -> PruningState:
 
 
 def _masked_leaves(params: Any, state: PruningState):
-    """Pairs each leaf of ``params`` with its mask (or None), matching them by parameter name.
+    """Pairs each leaf of ``params`` with its mask (or None), matching them by tree path.
 
-    Matching by name rather than by tree structure lets a mask tree built from one container
-    type (e.g. Flax's ``nnx.State``) apply to params held in another (a plain dict).
+    Matching by path (the path's parts, e.g. ``("Dense_0", "kernel")``) rather than by tree
+    structure lets a mask tree built from one container type (e.g. Flax's ``nnx.State``) apply
+    to params held in another (a plain dict). Unlike the "/"-joined name, the parts are never
+    ambiguous: ``{"x/w": a}`` and ``{"x": {"w": b}}`` get different masks.
     """
     params = tree_lib.unbox(params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    masks_by_name = {
-        tree_lib.path_name(path): mask
+    masks_by_path = {
+        tree_lib.path_parts(path): mask
         for path, mask in jax.tree_util.tree_flatten_with_path(tree_lib.unbox(state.masks))[0]
     }
-    names = [tree_lib.path_name(path) for path, _ in flat]
-    missing = sorted(set(masks_by_name) - set(names))
+    paths = [tree_lib.path_parts(path) for path, _ in flat]
+    missing = sorted("/".join(p) for p in set(masks_by_path) - set(paths))
     if missing:
         raise ValueError(
             f"params do not match the pruning masks: no parameter named {missing} "
-            f"(params have {names})"
+            f"(params have {['/'.join(p) for p in paths]})"
         )
-    return [leaf for _, leaf in flat], treedef, [masks_by_name.get(n) for n in names]
+    masks = [masks_by_path.get(p) for p in paths]
+    for path, leaf, mask in zip(paths, (leaf for _, leaf in flat), masks, strict=True):
+        if mask is not None and jnp.shape(mask) != jnp.shape(leaf):
+            raise ValueError(
+                f"Parameter {'/'.join(path)!r} (path {path}) has shape {jnp.shape(leaf)}, but "
+                "its pruning mask "
+                f"has shape {jnp.shape(mask)}: the params and the pruning state do not belong "
+                "together (a mask is never broadcast onto a parameter of another shape)"
+            )
+    return [leaf for _, leaf in flat], treedef, masks
 
 
 def apply_masks(params: Any, state: Any) -> Any:
@@ -188,7 +199,17 @@ def summaries(state: Any, *, name: str = "model_pruning") -> dict[str, jax.Array
         f"{name}/last_mask_update_step": jnp.asarray(state.last_update_step),
     }
     for path, mask in jax.tree_util.tree_flatten_with_path(state.masks)[0]:
-        out[f"{tree_lib.path_name(path)}/sparsity"] = 1.0 - jnp.mean(mask.astype(jnp.float32))
+        sparsity = 1.0 - jnp.mean(mask.astype(jnp.float32))
+        _add_summary(out, f"{tree_lib.path_name(path)}/sparsity", path, sparsity)
     for path, threshold in jax.tree_util.tree_flatten_with_path(state.thresholds)[0]:
-        out[f"{tree_lib.path_name(path)}/threshold"] = jnp.asarray(threshold)
+        _add_summary(out, f"{tree_lib.path_name(path)}/threshold", path, jnp.asarray(threshold))
     return out
+
+
+def _add_summary(out: dict[str, jax.Array], key: str, path: tuple, value: jax.Array) -> None:
+    if key in out:
+        raise ValueError(
+            f"Two pruning state entries have the summary name {key!r} (the second at "
+            f"{jax.tree_util.keystr(path)}): their '/'-joined parameter names collide"
+        )
+    out[key] = value

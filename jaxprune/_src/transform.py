@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import numbers
@@ -12,50 +13,101 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jaxprune._src import allocation
+from jaxprune._src import allocation, structure
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.hparams import PruningHParams, as_hparams
+from jaxprune._src.schedule import sanitize_sparsity as _sanitize_sparsity
 from jaxprune._src.schedule import sparsity_schedule
 from jaxprune._src.state import PruningState
 
-SparsityArg = Callable[[jax.Array], jax.typing.ArrayLike] | float | None
+SparsityArg = Callable[[jax.Array], jax.typing.ArrayLike] | float | jax.typing.ArrayLike | None
 
 
 @dataclasses.dataclass(frozen=True)
 class _LeafPlan:
-    """What is static about one prunable leaf: its resolved rule and its sparsity schedule."""
+    """What is static about one prunable leaf: its resolved rule (target, structure, scope)."""
 
     rule: allocation.LeafRule
-    schedule: Callable[[jax.Array], jax.Array]
 
     @property
     def name(self) -> str:
         return self.rule.name
 
+    @property
+    def block_dims(self) -> tuple[int, int]:
+        kind = self.rule.structure
+        return kind.block_dims if isinstance(kind, structure.Unstructured) else (1, 1)
+
+
+class _Identity:
+    """Hashes and compares an unhashable object (a pytree params_filter) by identity."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+
+def _static_key(obj: Any) -> Any:
+    try:
+        hash(obj)
+    except TypeError:
+        return _Identity(obj)
+    return obj
+
 
 class _Pruner:
-    """The shared machinery of :func:`magnitude_pruning` and :class:`Pruning`."""
+    """The shared machinery of :func:`magnitude_pruning` and :class:`Pruning`.
+
+    Hashable by its static configuration (hparams, params_filter, kind of
+    schedule), not by a constant sparsity's value, which is passed to the
+    compiled update as an argument (see :meth:`bind`): rebuilding the transform
+    with another sparsity (``optax.inject_hyperparams`` does, on every update)
+    reuses the compiled update.
+    """
 
     def __init__(self, hparams: Any, sparsity: SparsityArg, params_filter: Any):
         self.hparams = as_hparams(hparams)
         self.params_filter = params_filter
         hp = self.hparams
-        if sparsity is None:
-            self.external = False
-            self.schedule = sparsity_schedule(hp)
-        else:
-            self.external = True
-            self.schedule = _as_schedule(sparsity)
-            if hp.weight_sparsity_map and hp.target_sparsity == 0.0:
-                raise ValueError(
-                    "With an external sparsity schedule, weight_sparsity_map targets scale the "
-                    "schedule by target_w / target_sparsity (as in TF), so target_sparsity must "
-                    f"be > 0; got target_sparsity={hp.target_sparsity}"
-                )
+        self.base: Callable[[jax.Array], jax.typing.ArrayLike] | None = None
+        self.constant: Any = None
+        self.external = sparsity is not None
+        if callable(sparsity):
+            self.base = sparsity
+        elif sparsity is not None:
+            self.constant = _as_constant_sparsity(sparsity)
+        if self.external and hp.weight_sparsity_map and hp.target_sparsity == 0.0:
+            raise ValueError(
+                "With an external sparsity schedule, weight_sparsity_map targets scale the "
+                "schedule by target_w / target_sparsity (as in TF), so target_sparsity must "
+                f"be > 0; got target_sparsity={hp.target_sparsity}"
+            )
         if params_filter is not None and not callable(params_filter):
             jax.tree.leaves(params_filter)  # must at least be a pytree
+
+    def _key(self) -> tuple:
+        kind = "builtin" if not self.external else ("constant" if self.base is None else self.base)
+        return (self.hparams, _static_key(self.params_filter), _static_key(kind))
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Pruner) and self._key() == other._key()
+
+    def bind(self, constant: Any) -> _Pruner:
+        """A copy whose constant sparsity is ``constant`` (e.g. a traced argument)."""
+        bound = copy.copy(self)
+        bound.constant = constant
+        return bound
 
     def plan(self, params: Any):
         """Flattens params and resolves each prunable leaf's rule and schedule (once)."""
@@ -64,37 +116,50 @@ class _Pruner:
         )
         rules = allocation.resolve_rules(self.hparams, names, leaves, prunable)
         plans = [None if rule is None else self._leaf_plan(rule) for rule in rules]
-        return leaves, treedef, plans
+        return leaves, treedef, names, plans
 
     def _leaf_plan(self, rule: allocation.LeafRule) -> _LeafPlan:
         """The rule's sparsity schedule: TF's polynomial ramp to the weight's own target, or
         (external schedule) TF's scaling of the global schedule by ``target_w / target``."""
         hp = self.hparams
-        if rule.scope == "global" or (rule.target == hp.target_sparsity and not rule.fixed):
-            return _LeafPlan(rule, self.schedule)
-        if not self.external:
-            return _LeafPlan(rule, sparsity_schedule(hp, target_sparsity=rule.target))
-        if hp.target_sparsity == 0.0:
+        if self.external and hp.target_sparsity == 0.0 and self._own_target(rule):
             raise ValueError(
                 f"With an external sparsity schedule, weight {rule.name!r}'s own target "
                 f"({rule.target!r}, from weight_sparsity_map or ERK) scales the schedule by "
                 "target_w / target_sparsity (as in TF), so target_sparsity must be > 0; got "
                 f"target_sparsity={hp.target_sparsity}"
             )
-        scale = jnp.float32(rule.target / hp.target_sparsity)
+        return _LeafPlan(rule)
 
-        def schedule(step, _base=self.schedule, _scale=scale):
-            return _base(step) * _scale
+    def _own_target(self, rule: allocation.LeafRule) -> bool:
+        """Whether the weight follows its own target rather than the global sparsity."""
+        return rule.scope != "global" and (
+            rule.fixed or rule.target != self.hparams.target_sparsity
+        )
 
-        return _LeafPlan(rule, schedule)
+    def global_sparsity(self, step: jax.Array, previous: jax.typing.ArrayLike = 0.0) -> jax.Array:
+        """The scheduled global sparsity at ``step`` (an external one sanitized, see below)."""
+        if not self.external:
+            return jnp.asarray(sparsity_schedule(self.hparams)(step), jnp.float32)
+        raw = self.constant if self.base is None else self.base(step)
+        return _sanitize_sparsity(raw, previous)
 
-    def global_sparsity(self, step: jax.Array) -> jax.Array:
-        return jnp.asarray(self.schedule(step), jnp.float32)
+    def leaf_sparsity(self, plan: _LeafPlan, step: jax.Array, global_s: jax.Array) -> jax.Array:
+        """One leaf's sparsity at ``step``, given the global one."""
+        hp, rule = self.hparams, plan.rule
+        if not self._own_target(rule):
+            return global_s
+        if not self.external:
+            return sparsity_schedule(hp, target_sparsity=rule.target)(step)
+        # TF's scaling by target_w / target_sparsity can exceed 1: clamp it like the schedule.
+        return _sanitize_sparsity(global_s * jnp.float32(rule.target / hp.target_sparsity))
 
     def init(self, params: Any) -> PruningState:
+        boxed = params
         params = tree_lib.unbox(params)
-        leaves, treedef, plans = self.plan(params)
+        leaves, treedef, _, plans = self.plan(params)
         self._warn_unmatched(plans)
+        self._warn_unusable_block_dims(leaves, plans)
         masks = [
             optax.MaskedNode() if plan is None else _all_true_like(leaf)
             for leaf, plan in zip(leaves, plans, strict=True)
@@ -108,7 +173,9 @@ class _Pruner:
             count=zero,
             last_update_step=jnp.zeros((), jnp.int32),
             sparsity=self.global_sparsity(zero),
-            masks=treedef.unflatten(masks),
+            # A linen-boxed param's mask keeps the box (same shape, same partitioning); the
+            # scalar thresholds are never boxed, so nn.get_partition_spec fits every leaf.
+            masks=tree_lib.rebox(boxed, treedef.unflatten(masks)),
             thresholds=treedef.unflatten(thresholds),
         )
 
@@ -119,11 +186,14 @@ class _Pruner:
             for entry in getattr(hp, field):
                 regex = entry.rsplit(":", 1)[0]
                 if not any(re.search(regex, n) for n in names):
-                    warnings.warn(
+                    tree_lib.warn(
                         f"{field} entry {entry!r} matches no pruned parameter "
-                        f"(pruned parameters: {names})",
-                        stacklevel=4,
+                        f"(pruned parameters: {names})"
                     )
+
+    def _warn_unusable_block_dims(self, leaves, plans) -> None:
+        """Warns when block dims match weights that are not 2-D after squeezing (TF's rule)."""
+        _warn_unusable_block_dims(self.hparams, leaves, plans)
 
     def mask_update(
         self,
@@ -150,29 +220,33 @@ class _Pruner:
         only one group's updates need to be materialised at a time.
         """
         params = tree_lib.unbox(params)
+        boxed_masks = state.masks
         state = tree_lib.unbox(state)
-        leaves, treedef, plans = self.plan(params)
-        old_masks = treedef.flatten_up_to(state.masks)
-        old_thresholds = treedef.flatten_up_to(state.thresholds)
+        leaves, treedef, names, plans = self.plan(params)
+        old_masks, old_thresholds = _check_state(state, treedef, leaves, names, plans)
         step = jnp.asarray(step, jnp.int32)
         idx = [i for i, plan in enumerate(plans) if plan is not None]
         should = None if force else self.should_update(step, state.last_update_step)
+        global_s = self.global_sparsity(step, state.sparsity)
         masks, thresholds = list(old_masks), list(old_thresholds)
         passed = {}
         for members in _batches(idx, leaves, plans):
             rule = plans[members[0]].rule
-            if rule.scope == "global":
-                sparsities = [self.global_sparsity(step)]
-            else:
-                sparsities = [jnp.asarray(plans[i].schedule(step), jnp.float32) for i in members]
+            sparsities = [self.leaf_sparsity(plans[i], step, global_s) for i in members]
             operands = (
                 [leaves[i] for i in members],
                 [updates[i] for i in members] if updates is not None else None,
                 [jnp.asarray(old_thresholds[i], jnp.float32) for i in members],
                 [old_masks[i] for i in members],
                 sparsities,
+                step,
             )
-            update = functools.partial(self._group_update, rule=rule, passing=return_updates)
+            update = functools.partial(
+                self._group_update,
+                rule=rule,
+                passing=return_updates,
+                names=tuple(names[i] for i in members),
+            )
             if force:
                 new_t, new_m, group_passed = update(operands)
             else:
@@ -187,17 +261,19 @@ class _Pruner:
         new_state = PruningState(
             count=step,
             last_update_step=jnp.asarray(last, jnp.int32),
-            sparsity=self.global_sparsity(step),
-            masks=treedef.unflatten(masks),
+            sparsity=global_s,
+            masks=tree_lib.rebox(boxed_masks, treedef.unflatten(masks)),
             thresholds=treedef.unflatten(thresholds),
         )
         return (new_state, [passed[i] for i in idx]) if return_updates else new_state
 
-    def _group_update(self, operands, rule, passing):
+    def _group_update(self, operands, rule, passing, names):
         """New thresholds and masks of one group of leaves (the true branch of its cond)."""
-        params, updates, thresholds, _, sparsities = operands
+        params, updates, thresholds, old_masks, sparsities, step = operands
         weights = params
         if updates is not None:
+            # In the transform the incoming params are the previous step's masked weights.
+            _warn_if_not_last(params, old_masks, names, step)
             weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
         hp = self.hparams
         if rule.scope == "global":
@@ -224,12 +300,179 @@ class _Pruner:
         in_range = step >= hp.begin_pruning_step
         if hp.end_pruning_step != -1:
             in_range = in_range & (step <= hp.end_pruning_step)
-        return in_range & (last_update_step + hp.pruning_frequency <= step)
+        # step - last, not last + frequency: the sum could overflow int32 near its maximum.
+        return in_range & (step - last_update_step >= hp.pruning_frequency)
+
+
+def _as_constant_sparsity(sparsity: Any) -> Any:
+    """A constant ``sparsity`` argument: a number or a scalar array (concrete or traced).
+
+    A concrete value must lie in ``[0, 1)``; a traced one (``optax.inject_hyperparams``
+    under ``jit``) cannot be checked and is sanitized like an external schedule's value.
+    """
+    if isinstance(sparsity, jax.core.Tracer):
+        if sparsity.ndim != 0 or not jnp.issubdtype(sparsity.dtype, jnp.number):
+            raise ValueError(
+                f"sparsity must be a scalar number, got an array of shape {sparsity.shape} "
+                f"and dtype {sparsity.dtype}"
+            )
+        return jnp.asarray(sparsity, jnp.float32)
+    ok = isinstance(sparsity, numbers.Real | np.ndarray | np.generic | jax.Array)
+    if isinstance(sparsity, bool | np.bool_) or not ok:
+        raise ValueError(
+            "sparsity must be a schedule (a callable step -> sparsity), a number or a scalar "
+            f"array, got {sparsity!r}"
+        )
+    value = np.asarray(sparsity)
+    if value.ndim != 0 or not (
+        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"sparsity must be a scalar number, got an array of shape {value.shape} and "
+            f"dtype {value.dtype}"
+        )
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return np.float32(float(value))
+
+
+def _is_empty_node(x: Any) -> bool:
+    return x is None or isinstance(x, optax.MaskedNode)
+
+
+def _check_state(state: PruningState, treedef, leaves, names, plans) -> tuple[list, list]:
+    """The state's masks and thresholds, flat and aligned with params' leaves.
+
+    Raises a ValueError naming the parameter when the state does not fit params: a
+    kernel whose shape changed since ``init``, or a state made (or restored from a
+    checkpoint made) with another model, ``params_filter`` or hparams.
+    """
+    try:
+        masks = treedef.flatten_up_to(state.masks)
+        thresholds = treedef.flatten_up_to(state.thresholds)
+    except (ValueError, TypeError):
+        flat = jax.tree_util.tree_flatten_with_path(state.masks, is_leaf=_is_empty_node)[0]
+        in_state = {tree_lib.path_name(path) for path, _ in flat}
+        raise ValueError(
+            "The pruning state does not match params: it was made by init on another params "
+            "tree (or restored into another model). Parameters without an entry in the state: "
+            f"{sorted(set(names) - in_state)}; state entries that are no parameter: "
+            f"{sorted(in_state - set(names))}. Re-create it with tx.init(params)."
+        ) from None
+    for name, leaf, plan, mask in zip(names, leaves, plans, masks, strict=True):
+        has_mask = hasattr(mask, "shape")
+        if plan is not None and not has_mask:
+            raise ValueError(
+                f"Parameter {name!r} is pruned by this transform, but the pruning state has no "
+                "mask for it: the state was made (or restored from a checkpoint made) with "
+                "another params_filter, hparams or model. Re-create it with tx.init(params), or "
+                "prune the same parameters as the state was made for."
+            )
+        if plan is None and has_mask:
+            raise ValueError(
+                f"The pruning state has a mask for {name!r}, which this transform does not "
+                "prune: the state was made (or restored from a checkpoint made) with another "
+                "params_filter, hparams or model. Re-create it with tx.init(params)."
+            )
+        if has_mask and tuple(mask.shape) != tuple(leaf.shape):
+            raise ValueError(
+                f"Parameter {name!r} has shape {tuple(leaf.shape)}, but its pruning mask has "
+                f"shape {tuple(mask.shape)}: the parameter changed shape since the state was "
+                "made. Re-create the optimizer state with tx.init(params)."
+            )
+    return masks, thresholds
+
+
+_NOT_LAST = (
+    "jaxprune.magnitude_pruning: at the mask update of step {step}, weights pruned at the "
+    "previous mask update are nonzero in {names}. Something changed the updates after "
+    "magnitude_pruning (a transform after it in the optax chain, e.g. adam or weight decay), "
+    "or the params were changed outside the optimizer (or its updates not applied), so pruned "
+    "weights are not zero although "
+    "summaries report the target sparsity. Put jaxprune.magnitude_pruning last in the chain: "
+    "optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(hparams))."
+)
+
+
+def _warn_if_not_last(params, old_masks, names, step) -> None:
+    """Warns if weights pruned by the previous masks are nonzero in the incoming params.
+
+    Called only inside the mask-update branch of the transform's ``lax.cond`` (no cost on
+    other steps). With the transform last in the chain, ``params + updates`` is the masked
+    weights after every step, so positions the previous masks pruned must be exactly 0 (the
+    first update's all-True masks prune nothing). Non-finite values are not reported: an
+    additive update cannot cancel a NaN or Inf stored in params (see the README).
+    """
+    bad = jnp.stack(
+        [jnp.any(~m & (p != 0) & jnp.isfinite(p)) for p, m in zip(params, old_masks, strict=True)]
+    )
+
+    def report(bad, step):
+        hits = [n for n, b in zip(names, bad, strict=True) if b]
+        warnings.warn(_NOT_LAST.format(step=int(step), names=hits), UserWarning, stacklevel=2)
+
+    jax.lax.cond(
+        jnp.any(bad),
+        lambda b, s: jax.debug.callback(report, b, s),
+        lambda b, s: None,
+        bad,
+        step,
+    )
+
+
+def _warn_unusable_block_dims(hp: PruningHParams, leaves, plans) -> None:
+    """Warns when block dims match pruned weights that are not 2-D after squeezing.
+
+    TF's rule, kept: blocks apply only to weights that are 2-D once their size-1
+    dimensions are squeezed away (dense kernels); conv (4-D) and attention (3-D)
+    kernels are pruned element by element whatever their block dims.
+    """
+    by_source: dict[str, list[str]] = {}
+    for leaf, plan in zip(leaves, plans, strict=True):
+        if plan is None or tuple(plan.block_dims) == (1, 1):
+            continue
+        if len([d for d in leaf.shape if d != 1]) == 2:
+            continue
+        entry = hp._block_dims_entry(plan.name)
+        if entry is None:
+            source = (
+                f"The default block dims (block_height={hp.block_height}, "
+                f"block_width={hp.block_width})"
+            )
+        else:
+            source = f"block_dims_map entry {entry!r}"
+        by_source.setdefault(source, []).append(f"{plan.name} {tuple(leaf.shape)}")
+    for source, weights in by_source.items():
+        tree_lib.warn(
+            f"{source} apply to {weights}, which are not 2-D after squeezing size-1 dimensions. "
+            "As in TF, blocks apply only to 2-D weights, so these are pruned element by element "
+            "(unstructured). Narrow the regex or params_filter if that is not what you want."
+        )
+
+
+def _match_sharding(update: Any, param: Any) -> Any:
+    """On an explicit-axes mesh, gives a pruned leaf's update its param's sharding.
+
+    Plain optax accepts e.g. replicated gradients for sharded params (``p + u`` is
+    sharded like ``p``); the transform's ``where(mask, u, -p)`` needs its cases to be
+    sharded alike, so ``u`` is resharded (a local slice for replicated ``u``).
+    """
+    p_sharding = getattr(jax.typeof(param), "sharding", None)
+    u_sharding = getattr(jax.typeof(update), "sharding", None)
+    if p_sharding is None or u_sharding is None:
+        return update
+    if not getattr(p_sharding.mesh, "explicit_axes", ()):
+        return update
+    if not getattr(u_sharding.mesh, "explicit_axes", ()) or u_sharding.spec == p_sharding.spec:
+        return update
+    if jnp.shape(update) != jnp.shape(param):
+        return update
+    return jax.sharding.reshard(update, p_sharding.spec)
 
 
 def _keep(operands, passing):
     """The false branch of a group's cond: the old thresholds and masks."""
-    _, updates, thresholds, masks, _ = operands
+    _, updates, thresholds, masks, _, _ = operands
     return thresholds, masks, (updates if passing else [])
 
 
@@ -271,19 +514,6 @@ def _all_true_like(leaf: Any) -> jax.Array:
     """
     nan = jnp.isnan(leaf)
     return nan | ~nan
-
-
-def _as_schedule(sparsity: Any) -> Callable[[jax.Array], jax.typing.ArrayLike]:
-    if callable(sparsity):
-        return sparsity
-    if isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
-        value = float(sparsity)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-        return lambda step: jnp.float32(value)
-    raise ValueError(
-        f"sparsity must be a schedule (a callable step -> sparsity) or a number, got {sparsity!r}"
-    )
 
 
 def magnitude_pruning(
@@ -342,6 +572,7 @@ def magnitude_pruning(
       for model compression", 2017, https://arxiv.org/abs/1710.01878
     """
     pruner = _Pruner(hparams, sparsity, params_filter)
+    static = pruner.bind(None)  # the constant sparsity travels as an argument
 
     def init_fn(params):
         return pruner.init(params)
@@ -353,28 +584,42 @@ def magnitude_pruning(
                 "jaxprune.magnitude_pruning needs the current params: call "
                 "tx.update(updates, opt_state, params)"
             )
-        return jitted_update(updates, state, params)
-
-    # Compiled once, so that eager calls (outside the user's jit) do not dispatch the mask
-    # update op by op; inside the user's jit it is inlined.
-    @jax.jit
-    def jitted_update(updates, state, params):
-        params = tree_lib.unbox(params)
-        updates = tree_lib.unbox(updates)
-        leaves, treedef, plans = pruner.plan(params)
-        update_leaves = treedef.flatten_up_to(updates)
-        step = jnp.asarray(state.count, jnp.int32) + 1
-        new_state, passed = pruner.mask_update(
-            params, state, step, force=False, updates=update_leaves, return_updates=True
-        )
-        pruned = [i for i, plan in enumerate(plans) if plan is not None]
-        for i, u in zip(pruned, passed, strict=True):
-            update_leaves[i] = u
-        masks = treedef.flatten_up_to(new_state.masks)
-        out = [
-            u if plan is None else jnp.where(m, u, -leaf.astype(u.dtype))
-            for leaf, u, m, plan in zip(leaves, update_leaves, masks, plans, strict=True)
-        ]
-        return treedef.unflatten(out), new_state
+        return _jitted_update(static, pruner.constant, updates, state, params)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _update(pruner: _Pruner, constant: Any, updates: Any, state: Any, params: Any):
+    """The transform's update (compiled once per pruner configuration and input shapes)."""
+    pruner = pruner.bind(constant)
+    boxed_updates = updates
+    params = tree_lib.unbox(params)
+    updates = tree_lib.unbox(updates)
+    leaves, treedef, _, plans = pruner.plan(params)
+    try:
+        update_leaves = treedef.flatten_up_to(updates)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"updates do not have the structure of params: {e}") from None
+    update_leaves = [
+        u if plan is None else _match_sharding(u, leaf)
+        for leaf, u, plan in zip(leaves, update_leaves, plans, strict=True)
+    ]
+    # Saturates at the int32 maximum like optax's counters (no wrap to a negative step).
+    step = optax.safe_int32_increment(jnp.asarray(state.count, jnp.int32))
+    new_state, passed = pruner.mask_update(
+        params, state, step, force=False, updates=update_leaves, return_updates=True
+    )
+    pruned = [i for i, plan in enumerate(plans) if plan is not None]
+    for i, u in zip(pruned, passed, strict=True):
+        update_leaves[i] = u
+    masks = treedef.flatten_up_to(tree_lib.unbox(new_state.masks))
+    out = [
+        u if plan is None else jnp.where(m, u, -leaf.astype(u.dtype))
+        for leaf, u, m, plan in zip(leaves, update_leaves, masks, plans, strict=True)
+    ]
+    return tree_lib.rebox(boxed_updates, treedef.unflatten(out)), new_state
+
+
+# Compiled once per configuration, so that eager calls (outside the user's jit) do not dispatch
+# the mask update op by op; inside the user's jit it is inlined.
+_jitted_update = jax.jit(_update, static_argnums=0)

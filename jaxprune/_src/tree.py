@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +30,15 @@ def path_name(path: tuple) -> str:
       >>> jaxprune.path_name(p)
       'Dense_0/kernel'
     """
+    return "/".join(path_parts(path))
+
+
+def path_parts(path: tuple) -> tuple[str, ...]:
+    """The parts of a key path as strings; unlike the "/"-joined name, never ambiguous.
+
+    ``{"x/w": a}`` and ``{"x": {"w": b}}`` both have the name ``x/w`` but the parts
+    ``("x/w",)`` and ``("x", "w")``. Masks are matched to params by these parts.
+    """
     parts = []
     for key in path:
         if isinstance(key, jax.tree_util.DictKey):
@@ -39,7 +51,7 @@ def path_name(path: tuple) -> str:
             parts.append(str(key.key))
         else:  # pragma: no cover - future key types
             parts.append(str(key))
-    return "/".join(parts)
+    return tuple(parts)
 
 
 def _is_boxed(x: Any) -> bool:
@@ -47,9 +59,58 @@ def _is_boxed(x: Any) -> bool:
     return type(x).__module__.startswith("flax.") and hasattr(x, "get_value")
 
 
+def _is_linen_box(x: Any) -> bool:
+    """A linen ``flax.core.meta.AxisMetadata`` box (``nn.Partitioned`` and its subclasses)."""
+    meta = sys.modules.get("flax.core.meta")  # flax is optional: only loaded modules can box
+    return meta is not None and isinstance(x, meta.AxisMetadata)
+
+
+def _is_any_box(x: Any) -> bool:
+    return _is_boxed(x) or _is_linen_box(x)
+
+
+def _unbox_one(x: Any) -> Any:
+    if _is_boxed(x):
+        return x.get_value()
+    if _is_linen_box(x):
+        # The raw value: ``Partitioned.unbox()`` would add a sharding constraint.
+        return x.value if hasattr(x, "value") else x.unbox()
+    return x
+
+
 def unbox(tree: Any) -> Any:
-    """Replaces Flax ``nnx.Variable`` boxes in ``tree`` by the arrays they hold."""
-    return jax.tree.map(lambda x: x.get_value() if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
+    """Replaces Flax boxes in ``tree`` by the arrays they hold.
+
+    Both nnx ``Variable`` s and linen's ``flax.core.meta.AxisMetadata`` boxes
+    (``nn.Partitioned``, ``nn.with_logical_partitioning``) are unboxed, so a
+    parameter has the same name (no trailing ``/value``) however it is boxed.
+    """
+    return jax.tree.map(_unbox_one, tree, is_leaf=_is_any_box)
+
+
+def rebox(template: Any, tree: Any) -> Any:
+    """Puts the leaves of ``tree`` (shaped like ``unbox(template)``) into template's linen boxes.
+
+    An optax state or update must keep the structure the user's params have: a
+    linen-boxed param (``nn.Partitioned``) gets a boxed mask and a boxed update,
+    with the same axis names, so ``nn.get_partition_spec`` fits them. nnx
+    ``Variable`` boxes are not restored (nnx passes and takes plain arrays).
+    ``optax.MaskedNode()`` entries of ``tree`` stay unboxed.
+    """
+    template = jax.tree.map(
+        lambda x: x.get_value() if _is_boxed(x) else x, template, is_leaf=_is_boxed
+    )
+    treedef = jax.tree.structure(template, is_leaf=_is_linen_box)
+    if not any(_is_linen_box(b) for b in treedef.flatten_up_to(template)):
+        return tree
+    boxes = treedef.flatten_up_to(template)
+    values = treedef.flatten_up_to(tree)
+    return treedef.unflatten(
+        [
+            b.replace_boxed(v) if _is_linen_box(b) and hasattr(v, "shape") else v
+            for b, v in zip(boxes, values, strict=True)
+        ]
+    )
 
 
 def _is_float_array(leaf: Any) -> bool:
@@ -61,7 +122,7 @@ def default_prunable(name: str, leaf: Any) -> bool:
     """The default filter: floating-point arrays with ``ndim >= 2`` (kernels, embeddings).
 
     Biases, norm scales and every other 0-D or 1-D leaf are left dense, as are
-    integer and boolean leaves.
+    integer and boolean leaves and empty (zero-size) arrays.
 
     Args:
       name: the parameter's name (unused by the default).
@@ -78,13 +139,19 @@ def default_prunable(name: str, leaf: Any) -> bool:
       False
     """
     del name
-    return _is_float_array(leaf) and getattr(leaf, "ndim", 0) >= 2
+    return _is_float_array(leaf) and getattr(leaf, "ndim", 0) >= 2 and getattr(leaf, "size", 1) > 0
 
 
 def leaf_names_and_prunable(
     params: Any, params_filter: ParamsFilter | None
 ) -> tuple[list[Any], jax.tree_util.PyTreeDef, list[str], list[bool]]:
-    """Flattens (unboxed) params; returns leaves, treedef, names and which leaves are pruned."""
+    """Flattens (unboxed) params; returns leaves, treedef, names and which leaves are pruned.
+
+    A zero-size leaf is never pruned, even if ``params_filter`` selects it (there
+    is nothing to prune). Two pruned leaves whose "/"-joined names collide (e.g.
+    ``{"x/w": a, "x": {"w": b}}``) are rejected: their summaries and map entries
+    could not tell them apart.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [path_name(path) for path, _ in flat]
     leaves = [leaf for _, leaf in flat]
@@ -107,4 +174,47 @@ def leaf_names_and_prunable(
                 f"params_filter selects {n!r} for pruning, but it is not a floating-point "
                 f"array (dtype {getattr(leaf, 'dtype', type(leaf).__name__)})"
             )
+    prunable = [p and leaf.size > 0 for leaf, p in zip(leaves, prunable, strict=True)]
+    _check_unique_names([path for (path, _), p in zip(flat, prunable, strict=True) if p])
     return leaves, treedef, names, prunable
+
+
+def _check_unique_names(paths: list[tuple]) -> None:
+    """Raises if two pruned leaves have the same "/"-joined name, naming both tree paths."""
+    seen: dict[str, tuple] = {}
+    for path in paths:
+        name = path_name(path)
+        if name in seen:
+            raise ValueError(
+                f"Two pruned parameters have the same name {name!r}: "
+                f"{jax.tree_util.keystr(seen[name])} and {jax.tree_util.keystr(path)}. "
+                "Names (the tree path joined with '/') identify parameters in summaries and "
+                "in weight_sparsity_map / block_dims_map; rename one of the keys."
+            )
+        seen[name] = path
+
+
+def _package_dirs() -> tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # jaxprune/
+    for module in ("optax", "flax", "jax", "jaxlib", "chex"):
+        mod = sys.modules.get(module)
+        if mod is not None and getattr(mod, "__file__", None):
+            dirs.append(os.path.dirname(os.path.abspath(mod.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line, past jaxprune, optax, flax and jax frames.
+
+    The transform's ``init`` is called through optax's ``chain``, ``inject_hyperparams``,
+    Flax's ``TrainState.create`` / ``nnx.Optimizer`` or ``jax.jit``; a fixed stacklevel
+    would point into one of those.
+    """
+    internal = _package_dirs()
+    frame, level = sys._getframe(1), 2
+    while frame is not None and (
+        os.path.abspath(frame.f_code.co_filename).startswith(internal)
+        or frame.f_code.co_filename.startswith("<frozen")
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
