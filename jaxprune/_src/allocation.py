@@ -210,8 +210,8 @@ def output_mask(values: jax.Array, sparsity: jax.typing.ArrayLike) -> jax.Array:
     rows = jnp.moveaxis(values, -1, 0).reshape(units, -1)
     k = masks_lib.num_kept(rows.shape[1], sparsity)
     thresholds = jax.vmap(lambda r: select.kth_largest(r, k, magnitude=True))(rows)
-    ranked = structure._ranked(values)
-    return (ranked >= thresholds) & ~jnp.isnan(values)
+    mask = masks_lib._compare_magnitudes(values, thresholds, strict=False)
+    return mask & ~jnp.isnan(values)
 
 
 def global_masks(
@@ -243,5 +243,7 @@ def global_masks(
     smoothed = masks_lib._smooth(
         current, jnp.asarray(threshold, jnp.float32), hparams.threshold_decay
     )
-    masks = [(structure._ranked(v) >= smoothed) & ~jnp.isnan(v) for v in values]
+    masks = [
+        masks_lib._compare_magnitudes(v, smoothed, strict=False) & ~jnp.isnan(v) for v in values
+    ]
     return smoothed, masks

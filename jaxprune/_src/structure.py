@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._src import select
+
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -163,7 +165,9 @@ def nm_mask(scores: jax.Array, m: int, keep: jax.typing.ArrayLike, axis: int) ->
       >>> nm_mask(jnp.array([[3., 1., 4., 1., 5., 9., 2., 6.]]), 4, 2, axis=1).astype(int).tolist()
       [[1, 0, 1, 0, 0, 1, 0, 1]]
     """
-    s = _ranked(scores)
+    # Ranked by the float32 bit patterns of the magnitudes (IEEE order, NaN as 0): XLA:CPU
+    # would flush denormals to zero in a float comparison.
+    s = select._keys(jnp.asarray(scores), jnp.dtype(jnp.float32), jnp.dtype(jnp.int32), True)
     shape = s.shape
     length = shape[axis]
     grouped = s.reshape((*shape[:axis], length // m, m, *shape[axis + 1 :]))
