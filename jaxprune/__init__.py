@@ -1,7 +1,8 @@
-"""jaxprune: gradual magnitude pruning for JAX, Flax and optax.
+"""jaxprune: model pruning for JAX, Flax and optax.
 
-TF ``tf.contrib.model_pruning`` semantics (Zhu & Gupta 2017) as pure functions
-over parameter pytrees and one chainable optax transform.
+TF ``tf.contrib.model_pruning`` semantics (Zhu & Gupta 2017) as pure functions over parameter
+pytrees and chainable optax transforms, and the methods that came after: global, ERK, N:M and
+channel pruning, one-shot and activation-aware (Wanda) pruning of trained models.
 """
 
 from jaxprune._src.calibration import activation_norms, wanda_scores
@@ -19,6 +20,7 @@ from jaxprune._src.masks import (
 from jaxprune._src.oneshot import FixedMasksState, fixed_masks, prune
 from jaxprune._src.pruning import Pruning
 from jaxprune._src.schedule import sparsity_schedule
+from jaxprune._src.sparse import to_bcoo
 from jaxprune._src.state import (
     PruningState,
     apply_masks,
@@ -56,10 +58,7 @@ __all__ = (
     "sparsity_schedule",
     "strip_pruning",
     "summaries",
+    "to_bcoo",
     "wanda_scores",
     "weight_mask",
 )
-
-from jaxprune._src.sparse import to_bcoo  # noqa: E402
-
-__all__ = (*__all__, "to_bcoo")
