@@ -79,7 +79,23 @@ def get_pruning_state(opt_state: Any) -> PruningState:
     return tree_lib.unbox(found[0])
 
 
-def _masked_leaves(params: Any, state: PruningState):
+def _masks_of(state_or_masks: Any) -> Any:
+    """The masks tree of a PruningState, of an optimizer state holding one, or a masks pytree.
+
+    A masks pytree (as :func:`jaxprune.prune` returns) holds only bool arrays and ``None``.
+    """
+    if isinstance(state_or_masks, PruningState):
+        return state_or_masks.masks
+    try:
+        return get_pruning_state(state_or_masks).masks
+    except ValueError:
+        leaves = jax.tree.leaves(tree_lib.unbox(state_or_masks))
+        if leaves and all(getattr(x, "dtype", None) == jnp.bool_ for x in leaves):
+            return state_or_masks
+        raise
+
+
+def _masked_leaves(params: Any, state: Any):
     """Pairs each leaf of ``params`` with its mask (or None), matching them by tree path.
 
     Matching by path (the path's parts, e.g. ``("Dense_0", "kernel")``) rather than by tree
@@ -91,7 +107,7 @@ def _masked_leaves(params: Any, state: PruningState):
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     masks_by_path = {
         tree_lib.path_parts(path): mask
-        for path, mask in jax.tree_util.tree_flatten_with_path(tree_lib.unbox(state.masks))[0]
+        for path, mask in jax.tree_util.tree_flatten_with_path(tree_lib.unbox(_masks_of(state)))[0]
     }
     paths = [tree_lib.path_parts(path) for path, _ in flat]
     missing = sorted("/".join(p) for p in set(masks_by_path) - set(paths))
@@ -120,7 +136,8 @@ def apply_masks(params: Any, state: Any) -> Any:
 
     Args:
       params: a params pytree (``nnx.Variable`` boxes are unboxed).
-      state: a :class:`PruningState`, or any optimizer state containing one.
+      state: a :class:`PruningState`, any optimizer state containing one, or a
+        masks pytree (bool arrays and None, as :func:`prune` returns).
 
     Returns:
       The masked params (a new pytree; ``params`` is not modified).
@@ -133,8 +150,6 @@ def apply_masks(params: Any, state: Any) -> Any:
       >>> jaxprune.apply_masks(params, state)["w"].tolist()
       [[0.0, -3.0], [0.0, 2.0]]
     """
-    if not isinstance(state, PruningState):
-        state = get_pruning_state(state)
     leaves, treedef, masks = _masked_leaves(params, state)
     out = [
         leaf if m is None else jnp.where(m, leaf, jnp.zeros_like(leaf))
@@ -152,7 +167,8 @@ def strip_pruning(params: Any, state: Any) -> Any:
 
     Args:
       params: the trained params.
-      state: a :class:`PruningState`, or any optimizer state containing one.
+      state: a :class:`PruningState`, any optimizer state containing one, or a
+        masks pytree (as :func:`prune` and :func:`fixed_masks` use).
 
     Returns:
       The stripped params.
