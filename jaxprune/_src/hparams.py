@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 _POOLING_FUNCTIONS = ("AVG", "MAX")
@@ -107,6 +107,17 @@ class PruningHParams:
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _coerce(field.name, field.type, value))
         _validate(self)
+        # The maps, parsed once into typed entries (not fields: eq, hash and to_dict ignore them).
+        object.__setattr__(
+            self,
+            "_sparsity_entries",
+            tuple(_MapEntry.parse(e, float) for e in self.weight_sparsity_map),
+        )
+        object.__setattr__(
+            self,
+            "_block_entries",
+            tuple(_MapEntry.parse(e, _block_dims) for e in self.block_dims_map),
+        )
 
     # -- construction -----------------------------------------------------
 
@@ -222,15 +233,13 @@ class PruningHParams:
           >>> hp.sparsity_for("params/conv1/kernel"), hp.sparsity_for("dense/kernel")
           (0.8, None)
         """
-        hits = [
-            (r, float(v)) for r, v in _split_entries(self.weight_sparsity_map) if re.search(r, name)
-        ]
+        hits = [e for e in self._sparsity_entries if e.pattern.search(name)]
         if len(hits) > 1:
             raise ValueError(
-                f"weight_sparsity_map: multiple entries {[h[0] for h in hits]!r} "
+                f"weight_sparsity_map: multiple entries {[h.regex for h in hits]!r} "
                 f"match weight {name!r}"
             )
-        return hits[0][1] if hits else None
+        return hits[0].value if hits else None
 
     def block_dims_for(self, name: str | None) -> tuple[int, int]:
         """Returns the (height, width) block shape for ``name``.
@@ -249,19 +258,40 @@ class PruningHParams:
           >>> hp.block_dims_for("dense1/kernel"), hp.block_dims_for("dense2/kernel")
           ((4, 4), (1, 1))
         """
-        entry = self._block_dims_entry(name)
-        if entry is not None:
-            h, w = entry.rsplit(":", 1)[1].strip().lower().split("x")
-            return int(h), int(w)
-        return self.block_height, self.block_width
+        entry = self._block_dims_match(name)
+        return entry.value if entry is not None else (self.block_height, self.block_width)
 
     def _block_dims_entry(self, name: str | None) -> str | None:
         """The first block_dims_map entry whose regex ``re.search``-es ``name``, or None."""
+        entry = self._block_dims_match(name)
+        return None if entry is None else entry.entry
+
+    def _block_dims_match(self, name: str | None) -> _MapEntry | None:
         if name is not None:
-            for entry in self.block_dims_map:
-                if re.search(entry.rsplit(":", 1)[0], name):
+            for entry in self._block_entries:
+                if entry.pattern.search(name):
                     return entry
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _MapEntry:
+    """One parsed ``REGEX:VALUE`` map entry: its text, compiled regex and typed value."""
+
+    entry: str
+    regex: str
+    pattern: re.Pattern
+    value: Any
+
+    @classmethod
+    def parse(cls, entry: str, convert: Callable[[str], Any]) -> _MapEntry:
+        regex, value = entry.rsplit(":", 1)
+        return cls(entry, regex, re.compile(regex), convert(value.strip()))
+
+
+def _block_dims(value: str) -> tuple[int, int]:
+    h, w = value.lower().split("x")
+    return int(h), int(w)
 
 
 def get_pruning_hparams() -> PruningHParams:
@@ -318,6 +348,8 @@ def print_hparams(hparams: PruningHParams) -> str:
       begin_pruning_step=0
       ...
       threshold_method=exact
+      ...
+      sparsity_axis=None
     """
     text = str(hparams)
     print(text)
