@@ -301,7 +301,7 @@ def _as_constant_sparsity(sparsity: Any) -> Any:
         )
     value = np.asarray(sparsity)
     if value.ndim != 0 or not (
-        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
     ):
         raise ValueError(
             f"sparsity must be a scalar number, got an array of shape {value.shape} and "
