@@ -27,7 +27,10 @@ class PruningHParams:
 
     Build one with :func:`get_pruning_hparams` and derive variants with
     :meth:`replace`, :meth:`parse` (TF's HParams string syntax) or
-    :meth:`from_dict`. Instances are frozen and validated at construction.
+    :meth:`from_dict`. Instances are frozen and validated at construction:
+    a bad value raises a ValueError naming the field. Step fields, the
+    frequency and block dims must be at most ``2**31 - 1`` (steps are int32)
+    and ``nbins`` at most ``2**24``; map regexes must compile with ``re``.
 
     Attributes:
       name: Prefix of the summary names (``"<name>/sparsity"``).
@@ -37,12 +40,16 @@ class PruningHParams:
         target sparsity; the regex is matched with ``re.search`` against the
         parameter's path name (e.g. ``"Dense_0/kernel"``).
       block_dims_map: ``"REGEX:HxW"`` entries giving a weight-specific block
-        shape (first matching entry wins).
+        shape (first matching entry wins). As in TF, blocks apply only to
+        weights that are 2-D after squeezing size-1 dimensions; others are
+        pruned element by element (with a warning at ``init``).
       threshold_decay: Exponential smoothing of the threshold across updates.
       pruning_frequency: Minimum number of steps between mask updates.
       nbins: Histogram bins of the ``"histogram"`` threshold method.
-      block_height: Default block height; ``-1`` means the whole dimension.
-      block_width: Default block width; ``-1`` means the whole dimension.
+      block_height: Default block height; ``-1``, or a height larger than the
+        weight's, means the whole dimension.
+      block_width: Default block width; ``-1``, or a width larger than the
+        weight's, means the whole dimension.
       block_pooling_function: ``"AVG"`` or ``"MAX"`` pooling of ``|w|`` over a block.
       initial_sparsity: Sparsity at ``sparsity_function_begin_step``.
       target_sparsity: Sparsity from ``sparsity_function_end_step`` on.

@@ -17,6 +17,13 @@ Non-finite values, decided here and documented in the README:
 * All-zero weights: the exact method's threshold is 0 and every weight is
   kept (ties at the threshold are kept); the histogram method's threshold is 0
   and every weight is pruned (its mask is strict). Either way they stay zero.
+* Denormal magnitudes rank as their true values, and the mask compares them
+  with the threshold in the same integer key domain the selection ranks in
+  (XLA:CPU flushes denormals to 0 in float comparisons, which would keep every
+  denormal whatever the threshold).
+* A sparsity outside ``[0, 1)`` is defined alike for both methods: NaN counts
+  as 0, values are clamped into ``[0, 1)`` (the transform replaces NaN by the
+  previous scheduled sparsity first).
 """
 
 from __future__ import annotations
@@ -56,7 +63,12 @@ def weight_mask(
     is 2-D and its block dims are not 1x1, ``|w|`` is first pooled (AVG or MAX) over
     non-overlapping blocks aligned at index 0 (partial blocks at the bottom and
     right edges), the threshold is computed on the pooled matrix (in pooled
-    units, ``k`` counting blocks) and the block mask is expanded back.
+    units, ``k`` counting blocks) and the block mask is expanded back. A block
+    dim of -1, or larger than the weight's dimension, spans the whole dimension.
+
+    A sparsity outside ``[0, 1)`` is defined alike for both methods: NaN counts
+    as 0 and values are clamped into ``[0, 1)``. Magnitudes are compared with
+    the threshold as the selection ranks them, so denormals are handled exactly.
 
     The k-th largest value is found by an O(n) radix selection on the float
     bits, bit-identical to TF's full ``top_k`` sort.

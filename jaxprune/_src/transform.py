@@ -325,7 +325,7 @@ def _as_constant_sparsity(sparsity: Any) -> Any:
         )
     value = np.asarray(sparsity)
     if value.ndim != 0 or not (
-        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
     ):
         raise ValueError(
             f"sparsity must be a scalar number, got an array of shape {value.shape} and "
@@ -525,7 +525,11 @@ def magnitude_pruning(
     """Gradual magnitude pruning (Zhu & Gupta 2017) as a chainable optax transform.
 
     Put it last in a chain, e.g.
-    ``optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(hparams))``. The
+    ``optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(hparams))``: a
+    transform after it would change the updates of pruned weights, which then
+    stop being 0. That is detected on mask-update steps (weights pruned by the
+    previous masks are nonzero in the incoming params) and reported with a
+    warning; ordinary steps pay nothing for the check. The
     n-th ``update`` acts at global step ``n`` (TF's mask update after the n-th
     training step): when the step is within ``[begin_pruning_step,
     end_pruning_step]`` and at least ``pruning_frequency`` steps after the last
@@ -533,26 +537,44 @@ def magnitude_pruning(
     at the scheduled sparsity (inside a ``lax.cond``; other steps only apply the
     masks). The returned updates make ``params + updates`` the masked new
     weights: pruned weights are exactly 0 after every step, and kept weights
-    get exactly the incoming updates.
+    get exactly the incoming updates. The step count saturates at ``2**31 - 1``
+    like optax's counters.
+
+    Params may be plain arrays, nnx ``Variable`` s or linen boxes
+    (``nn.Partitioned``, ``nn.with_logical_partitioning``): boxes are unboxed
+    for naming and masking; a boxed param's mask keeps its box (so
+    ``nn.get_partition_spec(opt_state)`` fits every state leaf) and returned
+    updates keep the boxes of the incoming updates.
 
     Args:
       hparams: pruning hyperparameters (:func:`get_pruning_hparams`); None
         means TF's defaults. A dict or TF HParams string is also accepted.
       sparsity: an external sparsity schedule ``step -> sparsity`` (any optax
-        schedule) or a constant, replacing the built-in polynomial schedule
-        like TF's ``sparsity`` constructor argument. weight_sparsity_map
-        targets then scale it by ``target_w / target_sparsity``.
+        schedule), a number or a scalar array, replacing the built-in
+        polynomial schedule like TF's ``sparsity`` constructor argument.
+        weight_sparsity_map targets then scale it by ``target_w /
+        target_sparsity``. A traced value is accepted, so
+        ``optax.inject_hyperparams(jaxprune.magnitude_pruning,
+        static_args=("hparams",))(hparams=hp, sparsity=0.5)`` makes it a
+        runtime hyperparameter. Values a schedule (or traced value) gives
+        outside ``[0, 1)`` are defined, alike for both threshold methods: NaN
+        keeps the previous scheduled sparsity, the rest is clamped into
+        ``[0, 1)``.
       params_filter: which leaves are pruned: a callable ``(name, leaf) ->
         bool`` or a pytree of bools shaped like params. Default:
-        floating-point leaves with ``ndim >= 2``.
+        floating-point leaves with ``ndim >= 2``. Zero-size leaves are never
+        pruned.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
       :class:`PruningState` and whose ``update`` needs ``params``.
 
     Raises:
-      ValueError: at construction, for invalid hparams or sparsity; in
-        ``update``, if ``params`` is not given.
+      ValueError: at construction, for invalid hparams or a constant sparsity
+        outside ``[0, 1)``; at ``init``, if two pruned parameters have the same
+        name; in ``update``, if ``params`` is not given or does not fit the
+        state (a changed shape, or a state made for other params or another
+        ``params_filter``), naming the parameter.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, jaxprune
