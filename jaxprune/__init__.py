@@ -20,6 +20,7 @@ from jaxprune._src.masks import (
 from jaxprune._src.oneshot import FixedMasksState, fixed_masks, prune
 from jaxprune._src.pruning import Pruning
 from jaxprune._src.schedule import sparsity_schedule
+from jaxprune._src.shrink import ShrinkReport, ShrunkFunction, format_report, shrink, shrink_nnx
 from jaxprune._src.sparse import to_bcoo
 from jaxprune._src.state import (
     PruningState,
@@ -38,6 +39,8 @@ __all__ = (
     "Pruning",
     "PruningHParams",
     "PruningState",
+    "ShrinkReport",
+    "ShrunkFunction",
     "abstract_state",
     "activation_norms",
     "apply_masks",
@@ -45,6 +48,7 @@ __all__ = (
     "exact_threshold",
     "expand_blocks",
     "fixed_masks",
+    "format_report",
     "get_pruning_hparams",
     "get_pruning_state",
     "histogram_cdf",
@@ -55,6 +59,8 @@ __all__ = (
     "pool_blocks",
     "print_hparams",
     "prune",
+    "shrink",
+    "shrink_nnx",
     "sparsity_schedule",
     "strip_pruning",
     "summaries",
