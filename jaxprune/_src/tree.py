@@ -44,12 +44,17 @@ def path_name(path: tuple) -> str:
 
 def _is_boxed(x: Any) -> bool:
     # flax.nnx.Variable (Param, OptState, ...): a pytree node holding one value.
-    return type(x).__module__.startswith("flax.") and hasattr(x, "get_value")
+    # flax < 0.12.1 has no get_value(): its nnx.Variable holds it in .value.
+    module = type(x).__module__
+    return module.startswith("flax.") and (
+        hasattr(x, "get_value") or (module.startswith("flax.nnx") and hasattr(x, "value"))
+    )
 
 
 def unbox(tree: Any) -> Any:
     """Replaces Flax ``nnx.Variable`` boxes in ``tree`` by the arrays they hold."""
-    return jax.tree.map(lambda x: x.get_value() if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
+    get = lambda x: x.get_value() if hasattr(x, "get_value") else x.value  # flax < 0.12.1
+    return jax.tree.map(lambda x: get(x) if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
 
 
 def _is_float_array(leaf: Any) -> bool:
