@@ -17,6 +17,9 @@ pytest.importorskip("tqdm")
 from jaxprune._src import cli
 from jaxprune._src import demo as demo_lib
 
+# End-to-end runs of the examples: CI's oldest-versions leg deselects them (-m 'not examples').
+pytestmark = pytest.mark.examples
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = 40

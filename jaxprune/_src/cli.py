@@ -56,8 +56,8 @@ def check_extras() -> None:
     """Checks that the demo's optional dependencies import.
 
     Raises:
-      MissingExtrasError: naming the missing packages and the install command
-        ``pip install "jaxprune[examples]"``.
+      MissingExtrasError: naming the missing packages and how to install them
+        (``pip install <them>``, or ``pip install -e ".[examples]"`` in a checkout).
     """
     missing = []
     for module, dist in EXAMPLES_EXTRA:
@@ -68,7 +68,8 @@ def check_extras() -> None:
     if missing:
         raise MissingExtrasError(
             f"the jaxprune demo needs the optional 'examples' dependencies; missing: "
-            f'{", ".join(missing)}. Install them with:\n    pip install "jaxprune[examples]"'
+            f"{', '.join(missing)}. Install them with:\n    pip install {' '.join(missing)}\n"
+            f'or, in a jaxprune checkout:\n    pip install -e ".[examples]"'
         )
 
 

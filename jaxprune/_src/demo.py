@@ -284,7 +284,7 @@ def prunable_names(params: dict[str, Any]) -> list[str]:
     ]
 
 
-def _zeros_and_size(params: Any) -> tuple[jax.Array, int]:
+def _zeros_and_size(params: Any) -> tuple[jax.Array | int, int]:
     """Number of exactly-zero entries, and the size, of the prunable leaves of ``params``."""
     leaves = [
         leaf
@@ -399,10 +399,9 @@ def train(
         pruning_state = jaxprune.get_pruning_state(optimizer.opt_state)
         # The masks are an nnx.State like the params, so strip before converting to a dict.
         params = jaxprune.strip_pruning(params, pruning_state)
-    params = nnx.to_pure_dict(params)
     return RunResult(
         name=name,
-        params=params,
+        params=nnx.to_pure_dict(params),
         history=history,
         accuracy=history["test_accuracy"][-1],
         compiles=traces[0],

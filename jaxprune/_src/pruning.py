@@ -73,7 +73,7 @@ class Pruning:
         return self._pruner.hparams
 
     @property
-    def sparsity(self) -> Callable[[jax.typing.ArrayLike], jax.Array]:
+    def sparsity(self) -> Callable[[Any], jax.Array]:
         """The global sparsity schedule, ``step -> sparsity`` (TF's ``sparsity`` tensor).
 
         A ``Pruning`` holds no step, so its sparsity is the schedule itself: the
