@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxprune._src import state as state_lib
 from jaxprune._src.hparams import (
@@ -108,7 +107,7 @@ class Pruning:
           >>> float(jaxprune.Pruning().sparsity_at(50))   # TF's defaults: s(50)
           0.4375
         """
-        return self._pruner.global_sparsity(jnp.asarray(step))
+        return self.sparsity(step)
 
     def __repr__(self) -> str:
         defaults = get_pruning_hparams().to_dict()
