@@ -2,11 +2,14 @@
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 pytest.importorskip("flax.nnx")
@@ -14,8 +17,12 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 pytest.importorskip("tqdm")
 
+import jaxprune
 from jaxprune._src import cli
 from jaxprune._src import demo as demo_lib
+
+# End-to-end runs of the examples: CI's oldest-versions leg deselects them (-m 'not examples').
+pytestmark = pytest.mark.examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,6 +136,71 @@ def test_plots_are_valid_pngs(demo_run):
         assert image.std() > 0.01, f"{name} is blank"
 
 
+def test_overall_target_is_the_size_weighted_layer_targets(demo_run):
+    """The "all prunable" target: sum(size * own target) / sum(size), not target_sparsity."""
+    _, summary = demo_run
+    hp = summary["hparams"]
+    rows = summary["layers"]
+    weighted = sum(r["size"] * _target(r["name"], hp) for r in rows) / sum(r["size"] for r in rows)
+    assert summary["overall_target_sparsity"] == pytest.approx(weighted)
+    assert summary["overall_target_sparsity"] < summary["target_sparsity"]  # conv1 at half
+
+
+def _history(steps, sparsity):
+    evals = [steps // 2, steps]
+    return {
+        "loss": [1.0 / t for t in range(1, steps + 1)],
+        "scheduled_sparsity": [sparsity] * steps,
+        "achieved_sparsity": [sparsity] * steps,
+        "last_mask_update_step": list(range(1, steps + 1)),
+        "eval_step": evals,
+        "test_accuracy": [0.9, 0.95],
+        "test_loss": [0.3, 0.2],
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({}, "exact threshold (TF r1.15)"),
+        ({"threshold_method": "histogram"}, "histogram threshold (TF r1.11)"),
+        (
+            {"block_height": 4, "block_width": 2},
+            "exact threshold (TF r1.15), 4x2 blocks (AVG pooling)",
+        ),
+    ],
+)
+def test_plot_titles_name_the_method(tmp_path, monkeypatch, overrides, words):
+    from matplotlib.figure import Figure
+
+    titles = []
+    save = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        titles.append(" ".join([fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    hp = jaxprune.get_pruning_hparams().replace(
+        weight_sparsity_map=["a:0.5"], target_sparsity=0.9, **overrides
+    )
+    rows = [
+        {"name": "a/kernel", "shape": [10, 10], "size": 100, "target_sparsity": 0.5,
+         "achieved_sparsity": 0.5, "nonzeros": 50},
+        {"name": "b/kernel", "shape": [30, 10], "size": 300, "target_sparsity": 0.9,
+         "achieved_sparsity": 0.9, "nonzeros": 30},
+    ]  # fmt: skip
+    summary = {"layers": rows, "hparams": hp.to_dict(), "target_sparsity": 0.9,
+               "overall_target_sparsity": 0.8}  # fmt: skip
+    dense = demo_lib.RunResult("dense", {}, _history(20, 0.0), 0.95, 1, 1.0)
+    pruned = demo_lib.RunResult("pruned", {}, _history(20, 0.8), 0.94, 1, 1.0)
+    demo_lib.write_plots(str(tmp_path), dense, pruned, summary)
+    assert len(titles) == 3
+    for title in titles:
+        assert f"magnitude pruning, {words}" in title, title
+    assert "80.0% overall" in titles[0] and "pruned to 80.0%" in titles[1]
+
+
 def test_table_is_printed(tmp_path, capsys):
     summary = {
         "layers": [
@@ -151,6 +223,12 @@ def test_table_is_printed(tmp_path, capsys):
     table = demo_lib.format_table(summary)
     assert "dense1/kernel" in table and "512x128" in table and "6,554 / 65,536" in table
     assert "dense 98.00%" in table and "pruned 97.00%" in table
+    # With per-layer targets, the "all prunable" row shows their size-weighted target.
+    summary["overall_target_sparsity"] = 0.875
+    row = next(
+        line for line in demo_lib.format_table(summary).splitlines() if "all prunable" in line
+    )
+    assert "87.5%" in row and "90.0%" not in row
 
 
 def test_flags_reach_the_hparams(tmp_path, monkeypatch):
@@ -228,9 +306,45 @@ def test_missing_extra_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` fail
     assert cli.main(["demo", "--out", str(tmp_path / "never")]) == 1
     err = capsys.readouterr().err
-    assert "scikit-learn" in err
-    assert 'pip install "jaxprune[examples]"' in err
+    assert "missing: scikit-learn." in err
+    assert "pip install scikit-learn\n" in err and 'pip install -e ".[examples]"' in err
     assert not (tmp_path / "never").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"jaxprune {jaxprune.__version__} (jax {jax.__version__}, ")
+    assert f"optax {optax.__version__}" in out and f"Python {platform.python_version()}" in out
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file"])
+def test_bad_out_is_a_usage_error(kind, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_lib, "run_demo", lambda config: pytest.fail("the demo ran"))
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    out = blocker if kind == "file" else blocker / "sub"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: jaxprune demo" in err and "Traceback" not in err
+    if kind == "file":
+        assert f"--out: {str(out)!r} exists and is not a directory" in err
+    else:
+        assert f"--out: cannot create directory {str(out)!r}: Not a directory" in err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_out_is_created_before_training(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(
+        demo_lib, "run_demo", lambda config: seen.setdefault("isdir", os.path.isdir(config.out))
+    )
+    assert cli.main(["demo", "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert seen == {"isdir": True}
 
 
 def test_no_command_prints_help(capsys):

@@ -14,6 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = ["quickstart.ipynb", "tf_migration.ipynb"]
 
+# End-to-end runs of the examples: CI's oldest-versions leg deselects them (-m 'not examples').
+pytestmark = pytest.mark.examples
+
 nbformat = pytest.importorskip("nbformat")
 
 

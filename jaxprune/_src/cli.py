@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
+import platform
 import re
 import sys
 from collections.abc import Sequence
@@ -53,8 +56,8 @@ def check_extras() -> None:
     """Checks that the demo's optional dependencies import.
 
     Raises:
-      MissingExtrasError: naming the missing packages and the install command
-        ``pip install "jaxprune[examples]"``.
+      MissingExtrasError: naming the missing packages and how to install them
+        (``pip install <them>``, or ``pip install -e ".[examples]"`` in a checkout).
     """
     missing = []
     for module, dist in EXAMPLES_EXTRA:
@@ -65,7 +68,8 @@ def check_extras() -> None:
     if missing:
         raise MissingExtrasError(
             f"the jaxprune demo needs the optional 'examples' dependencies; missing: "
-            f'{", ".join(missing)}. Install them with:\n    pip install "jaxprune[examples]"'
+            f"{', '.join(missing)}. Install them with:\n    pip install {' '.join(missing)}\n"
+            f'or, in a jaxprune checkout:\n    pip install -e ".[examples]"'
         )
 
 
@@ -99,6 +103,36 @@ def _block(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def version_string() -> str:
+    """What ``jaxprune --version`` prints: jaxprune's version and those it runs with.
+
+    Returns:
+      E.g. ``"jaxprune 0.1.0 (jax 0.10.2, jaxlib 0.10.2, optax 0.2.8, Python 3.11.7)"``.
+    """
+    from jaxprune import __version__
+
+    deps = []
+    for dist in ("jax", "jaxlib", "optax"):
+        try:
+            deps.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            deps.append(f"{dist} not installed")
+    return f"jaxprune {__version__} ({', '.join(deps)}, Python {platform.python_version()})"
+
+
+def _check_out(out: str) -> str | None:
+    """Creates the output directory; returns why it cannot be used, or None."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out: {out!r} exists and is not a directory"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"--out: cannot create directory {out!r}: {e.strerror or e}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out: directory {out!r} is not writable"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxprune`` command.
 
@@ -108,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxprune",
         description="jaxprune: gradual magnitude pruning for JAX, Flax and optax.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_string(),
+        help="print the versions of jaxprune, jax, jaxlib, optax and Python, and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
@@ -150,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="demo_out",
         metavar="DIR",
-        help="output directory for summary.json and the plots (default: %(default)s)",
+        help="output directory for summary.json and the plots, created if missing "
+        "(default: %(default)s)",
     )
     demo.add_argument(
         "--hparams",
@@ -183,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
       SystemExit: with status 2 and a usage message, for invalid flags or
-        hyperparameters (argparse's convention).
+        hyperparameters or an ``--out`` that cannot be a writable directory
+        (argparse's convention); with status 0 after ``--help`` or
+        ``--version``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -212,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.build_hparams(config)
     except ValueError as e:
         args.subparser.error(f"invalid pruning hyperparameters: {e}")
+    problem = _check_out(args.out)
+    if problem:
+        args.subparser.error(problem)
     if args.compare:
         from jaxprune._src import compare
 

@@ -284,7 +284,7 @@ def prunable_names(params: dict[str, Any]) -> list[str]:
     ]
 
 
-def _zeros_and_size(params: Any) -> tuple[jax.Array, int]:
+def _zeros_and_size(params: Any) -> tuple[jax.Array | int, int]:
     """Number of exactly-zero entries, and the size, of the prunable leaves of ``params``."""
     leaves = [
         leaf
@@ -401,10 +401,9 @@ def train(
         pruning_state = jaxprune.get_pruning_state(optimizer.opt_state)
         # The masks are an nnx.State like the params, so strip before converting to a dict.
         params = jaxprune.strip_pruning(params, pruning_state)
-    params = nnx.to_pure_dict(params)
     return RunResult(
         name=name,
-        params=params,
+        params=nnx.to_pure_dict(params),
         history=history,
         accuracy=history["test_accuracy"][-1],
         compiles=traces[0],
@@ -454,6 +453,41 @@ def layer_report(
     return rows
 
 
+def overall_target(layers: Sequence[dict[str, Any]]) -> float:
+    """The target sparsity of all prunable weights together: the layers' targets, size-weighted.
+
+    Equal to ``target_sparsity`` unless ``weight_sparsity_map`` gives some layers
+    their own targets.
+
+    Args:
+      layers: the rows of :func:`layer_report` (``size`` and ``target_sparsity``).
+
+    Returns:
+      ``sum(size * target) / sum(size)``.
+    """
+    total = sum(r["size"] for r in layers)
+    return sum(r["size"] * r["target_sparsity"] for r in layers) / total
+
+
+def method_label(hp: dict[str, Any]) -> str:
+    """The pruning method in words, for the plot titles (e.g. ``"exact threshold (TF r1.15)"``).
+
+    Args:
+      hp: the hyperparameters as a dict (:meth:`jaxprune.PruningHParams.to_dict`).
+
+    Returns:
+      The threshold method, and the block shape and pooling when blocks are not 1x1.
+    """
+    release = {"exact": "TF r1.15", "histogram": "TF r1.11"}.get(hp["threshold_method"], "")
+    label = f"magnitude pruning, {hp['threshold_method']} threshold ({release})"
+    if (hp["block_height"], hp["block_width"]) != (1, 1) or hp["block_dims_map"]:
+        blocks = f"{hp['block_height']}x{hp['block_width']}".replace("-1", "all")
+        label += f", {blocks} blocks ({hp['block_pooling_function']} pooling)"
+        if hp["block_dims_map"]:
+            label += " + block_dims_map"
+    return label
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The printed end-of-run table: per-layer sparsity, then dense vs pruned accuracy.
 
@@ -477,9 +511,11 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     total = summary["prunable_weights"]
     nonzeros = summary["prunable_nonzeros"]
+    # The size-weighted target of the layers' own targets (weight_sparsity_map changes some).
+    overall_target = summary.get("overall_target_sparsity", summary["target_sparsity"])
     lines.append("-" * len(lines[0]))
     lines.append(
-        f"{'all prunable':<{width}}  {'':<16} {summary['target_sparsity']:>7.1%} "
+        f"{'all prunable':<{width}}  {'':<16} {overall_target:>7.1%} "
         f"{summary['sparsity']:>9.2%} {nonzeros:>8,d} / {total:<7,d}"
     )
     lines.append("")
@@ -518,7 +554,28 @@ def write_plots(
     # 1. Scheduled vs achieved sparsity.
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(steps, hist["scheduled_sparsity"], label="scheduled s(t)", color="C0", lw=2)
+    hp = summary["hparams"]
+    method = method_label(hp)
+    target = summary.get("overall_target_sparsity", summary["target_sparsity"])
+    scheduled = np.asarray(hist["scheduled_sparsity"])
+    label = "scheduled s(t)"
+    if any(r["target_sparsity"] != summary["target_sparsity"] for r in summary["layers"]):
+        # weight_sparsity_map: the layers follow their own schedules; plot their size-weighted
+        # mean, which is what the achieved sparsity of all prunable weights follows.
+        hparams = jaxprune.PruningHParams.from_dict(hp)
+        total = sum(r["size"] for r in summary["layers"])
+        scheduled = (
+            sum(
+                r["size"]
+                * np.asarray(
+                    jaxprune.sparsity_schedule(hparams, target_sparsity=r["target_sparsity"])(steps)
+                )
+                for r in summary["layers"]
+            )
+            / total
+        )
+        label = "scheduled s(t), size-weighted over the layers' targets"
+    ax.plot(steps, scheduled, label=label, color="C0", lw=2)
     ax.step(
         steps, hist["achieved_sparsity"], where="post", label="achieved (all prunable)", color="C3"
     )
@@ -533,15 +590,14 @@ def write_plots(
         ms=8,
         label=f"mask updates ({len(update_steps)})",
     )
-    ax.axhline(summary["target_sparsity"], color="gray", ls=":", lw=1)
-    hp = summary["hparams"]
+    ax.axhline(target, color="gray", ls=":", lw=1)
     for key, ls in (("sparsity_function_begin_step", "--"), ("sparsity_function_end_step", "--")):
         ax.axvline(hp[key], color="gray", ls=ls, lw=1)
     ax.set(
         xlabel="training step",
         ylabel="sparsity of the prunable weights",
         title=(
-            f"Gradual pruning to {summary['target_sparsity']:.0%}: cubic schedule from step "
+            f"Gradual {method}\nto {target:.1%} overall: cubic schedule from step "
             f"{hp['sparsity_function_begin_step']} to {hp['sparsity_function_end_step']}, "
             f"every {hp['pruning_frequency']} steps"
         ),
@@ -556,6 +612,7 @@ def write_plots(
 
     # 2. Loss and accuracy of both runs.
     fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig.suptitle(f"Dense vs pruned to {target:.1%} ({method})", fontsize=10)
     ax_loss, ax_acc = fig.subplots(1, 2)
     window = max(1, min(25, len(steps) // 20))
     kernel = np.ones(window) / window
@@ -617,7 +674,11 @@ def write_plots(
             fontsize=7,
         )
     ax.set_xticks(x, [f"{r['name']}\n{'x'.join(map(str, r['shape']))}" for r in rows], fontsize=8)
-    ax.set(ylabel="sparsity", ylim=(0, 1.15), title="Per-layer sparsity of the pruned model")
+    ax.set(
+        ylabel="sparsity",
+        ylim=(0, 1.15),
+        title=f"Per-layer sparsity of the pruned model\n({method})",
+    )
     ax.legend(loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     paths.append(os.path.join(out, "layers.png"))
@@ -672,6 +733,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 == np.arange(1, config.steps + 1)
             )
         ),
+        "overall_target_sparsity": overall_target(layers),
         "prunable_weights": total,
         "prunable_nonzeros": nonzeros,
         "total_params": int(sum(x.size for x in jax.tree.leaves(pruned.params))),
@@ -714,6 +776,8 @@ __all__: Sequence[str] = (
     "layer_report",
     "load_data",
     "make_optimizer",
+    "method_label",
+    "overall_target",
     "run_demo",
     "train",
     "write_plots",

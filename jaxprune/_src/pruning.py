@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from jaxprune._src import state as state_lib
-from jaxprune._src.hparams import PruningHParams, print_hparams
+from jaxprune._src.hparams import (
+    PruningHParams,
+    _format_value,
+    get_pruning_hparams,
+    print_hparams,
+)
 from jaxprune._src.state import PruningState
 from jaxprune._src.transform import SparsityArg, _Pruner
 
@@ -31,6 +37,9 @@ class Pruning:
     Raises:
       ValueError: for invalid hparams or sparsity.
 
+    ``repr(p)`` shows the hyperparameters that differ from TF's defaults as a
+    TF HParams string, which ``Pruning(spec=...)`` accepts back.
+
     Examples:
       >>> import jax.numpy as jnp, jaxprune
       >>> p = jaxprune.Pruning(jaxprune.get_pruning_hparams().replace(pruning_frequency=2))
@@ -39,6 +48,10 @@ class Pruning:
       >>> state = p.conditional_mask_update(params, state, step=50)   # s(50) = 0.4375
       >>> int(jaxprune.apply_masks(params, state)["layer1"]["weights"].astype(bool).sum())
       56
+      >>> p
+      Pruning(spec='pruning_frequency=2')
+      >>> float(p.sparsity_at(50)), float(p.sparsity(50))    # the schedule at step 50
+      (0.4375, 0.4375)
 
     References:
       Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
@@ -48,6 +61,8 @@ class Pruning:
         self, spec: Any = None, sparsity: SparsityArg = None, *, params_filter: Any = None
     ):
         self._pruner = _Pruner(spec, sparsity, params_filter)
+        self._sparsity = sparsity
+        self._params_filter = params_filter
         # Compiled once per params structure, so eager calls (as in ported TF code) are fast.
         self._mask_update = jax.jit(self._pruner.mask_update, static_argnames=("force",))
 
@@ -56,16 +71,57 @@ class Pruning:
         """The validated hyperparameters (TF's ``_spec``)."""
         return self._pruner.hparams
 
-    def sparsity(self, step: jax.typing.ArrayLike) -> jax.Array:
-        """The scheduled global sparsity at ``step`` (TF's ``sparsity`` tensor).
+    @property
+    def sparsity(self) -> Callable[[Any], jax.Array]:
+        """The global sparsity schedule, ``step -> sparsity`` (TF's ``sparsity`` tensor).
+
+        A ``Pruning`` holds no step, so its sparsity is the schedule itself: the
+        spec's sparsity function, or the external ``sparsity`` given to the
+        constructor. It returns a float32 scalar and can be called with a traced
+        step, so ``p.sparsity(step)`` gives the value at ``step`` (as when this
+        was a method) and ``p.sparsity`` can be plotted or passed on as an optax
+        schedule. :meth:`sparsity_at` is the same call under a clearer name.
+
+        Examples:
+          >>> import jaxprune
+          >>> p = jaxprune.Pruning("target_sparsity=0.8,sparsity_function_end_step=10")
+          >>> [round(float(p.sparsity(t)), 4) for t in (0, 5, 10, 20)]
+          [0.0, 0.7, 0.8, 0.8]
+        """
+        return self._pruner.global_sparsity
+
+    def sparsity_at(self, step: jax.typing.ArrayLike) -> jax.Array:
+        """The scheduled global sparsity at ``step``: ``self.sparsity(step)``.
+
+        Per-weight targets (``weight_sparsity_map``) are not included: see
+        :func:`sparsity_schedule` with ``target_sparsity=``.
 
         Args:
-          step: the global step.
+          step: the global step (an int or an int32 array, traced or not).
 
         Returns:
           A float32 scalar.
+
+        Examples:
+          >>> import jaxprune
+          >>> float(jaxprune.Pruning().sparsity_at(50))   # TF's defaults: s(50)
+          0.4375
         """
-        return self._pruner.global_sparsity(step)
+        return self.sparsity(step)
+
+    def __repr__(self) -> str:
+        defaults = get_pruning_hparams().to_dict()
+        changed = ",".join(
+            f"{key}={_format_value(value)}"
+            for key, value in self.hparams.to_dict().items()
+            if value != defaults[key]
+        )
+        args = [f"spec={changed!r}"]
+        if self._sparsity is not None:
+            args.append(f"sparsity={self._sparsity!r}")
+        if self._params_filter is not None:
+            args.append(f"params_filter={self._params_filter!r}")
+        return f"Pruning({', '.join(args)})"
 
     def init(self, params: Any) -> PruningState:
         """Creates the masks (all ones) and thresholds (0) of ``params`` at step 0.

@@ -101,8 +101,8 @@ def _keys(x: jax.Array, fdtype: np.dtype, idtype: np.dtype, magnitude: bool = Fa
 def _count_pass(
     parts: Sequence[jax.Array],
     pivots: jax.Array,
-    lo: jax.Array,
-    hi: jax.Array,
+    lo: jax.typing.ArrayLike,
+    hi: jax.typing.ArrayLike,
     fdtype: np.dtype,
     idtype: np.dtype,
     magnitude: bool,

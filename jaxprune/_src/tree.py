@@ -56,7 +56,11 @@ def path_parts(path: tuple) -> tuple[str, ...]:
 
 def _is_boxed(x: Any) -> bool:
     # flax.nnx.Variable (Param, OptState, ...): a pytree node holding one value.
-    return type(x).__module__.startswith("flax.") and hasattr(x, "get_value")
+    # flax < 0.12.1 has no get_value(): its nnx.Variable holds it in .value.
+    module = type(x).__module__
+    return module.startswith("flax.") and (
+        hasattr(x, "get_value") or (module.startswith("flax.nnx") and hasattr(x, "value"))
+    )
 
 
 def _is_linen_box(x: Any) -> bool:
@@ -69,9 +73,14 @@ def _is_any_box(x: Any) -> bool:
     return _is_boxed(x) or _is_linen_box(x)
 
 
+def _nnx_value(x: Any) -> Any:
+    """The value of an nnx ``Variable`` (flax < 0.12.1 has no ``get_value()``: ``.value``)."""
+    return x.get_value() if hasattr(x, "get_value") else x.value
+
+
 def _unbox_one(x: Any) -> Any:
     if _is_boxed(x):
-        return x.get_value()
+        return _nnx_value(x)
     if _is_linen_box(x):
         # The raw value: ``Partitioned.unbox()`` would add a sharding constraint.
         return x.value if hasattr(x, "value") else x.unbox()
@@ -98,7 +107,7 @@ def rebox(template: Any, tree: Any) -> Any:
     ``optax.MaskedNode()`` entries of ``tree`` stay unboxed.
     """
     template = jax.tree.map(
-        lambda x: x.get_value() if _is_boxed(x) else x, template, is_leaf=_is_boxed
+        lambda x: _nnx_value(x) if _is_boxed(x) else x, template, is_leaf=_is_boxed
     )
     treedef = jax.tree.structure(template, is_leaf=_is_linen_box)
     if not any(_is_linen_box(b) for b in treedef.flatten_up_to(template)):
