@@ -43,6 +43,18 @@ def test_compare_rows_reach_each_methods_exact_sparsity(summary):
         assert 0.0 <= row["accuracy"] <= 1.0
 
 
+def test_compare_shrinks_the_channel_pruned_model(summary):
+    story = summary["shrink"]
+    # Hand count: conv1 (144 + 16) and BatchNorm (4 x 16) whole; conv2 keeps 6 of 32 filters
+    # (3*3*16*6 + 6); dense1 keeps 26 of 128 columns and the 4*4*6 = 96 rows of conv2's kept
+    # channels (96*26 + 26); dense2 keeps those 26 rows (26*10 + 10).
+    assert story["parameters"]["shrunk"] == 144 + 16 + 64 + 864 + 6 + 96 * 26 + 26 + 26 * 10 + 10
+    assert story["parameters"]["dense"] == TOTAL + 16 + 64 + 32 + 128 + 10
+    assert story["accuracy"]["shrunk"] == story["accuracy"]["dense"]
+    assert story["max_abs_logit_difference"] < 1e-4
+    assert "conv2/kernel" in story["report"]
+
+
 def test_compare_writes_json_and_prints_table(summary, capsys):
     data = json.loads((summary["out"] / "compare.json").read_text())
     assert [r["method"] for r in data["rows"]] == [r["method"] for r in summary["rows"]]

@@ -256,6 +256,7 @@ class RunResult:
       compiles: how many times the train step was traced (1 = compiled once).
       seconds: wall time of the training loop.
       pruning_state: the final :class:`jaxprune.PruningState` (pruned run only).
+      model: the trained ``nnx`` model (its pruned weights are exactly 0).
     """
 
     name: str
@@ -265,6 +266,7 @@ class RunResult:
     compiles: int
     seconds: float
     pruning_state: Any = None
+    model: Any = None
 
 
 def prunable_names(params: dict[str, Any]) -> list[str]:
@@ -409,6 +411,7 @@ def train(
         compiles=traces[0],
         seconds=seconds,
         pruning_state=pruning_state,
+        model=model,
     )
 
 
