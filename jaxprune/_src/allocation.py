@@ -123,11 +123,13 @@ def resolve_rules(
         targets = dict.fromkeys(free, overall)
     rules: list[LeafRule | None] = [None] * len(leaves)
     for i in pruned:
-        name, shape = names[i], tuple(leaves[i].shape)
-        target = fixed[i] if fixed[i] is not None else targets[i]
-        scope = hp.pruning_scope if (fixed[i] is None or hp.pruning_scope != "global") else "layer"
+        name, shape, fixed_target = names[i], tuple(leaves[i].shape), fixed[i]
+        target = fixed_target if fixed_target is not None else targets[i]
+        scope = (
+            hp.pruning_scope if (fixed_target is None or hp.pruning_scope != "global") else "layer"
+        )
         rules[i] = LeafRule(
-            name, target, fixed[i] is not None, _leaf_structure(hp, name, shape), scope
+            name, target, fixed_target is not None, _leaf_structure(hp, name, shape), scope
         )
     return rules
 
@@ -215,7 +217,10 @@ def output_mask(values: jax.Array, sparsity: jax.typing.ArrayLike) -> jax.Array:
 
 
 def global_masks(
-    values: Sequence[jax.Array], sparsity: jax.Array, threshold: jax.Array, hparams: PruningHParams
+    values: Sequence[jax.Array],
+    sparsity: jax.Array,
+    threshold: jax.typing.ArrayLike,
+    hparams: PruningHParams,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """One exact threshold over several weights together, and each weight's mask.
 

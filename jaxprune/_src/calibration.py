@@ -326,7 +326,7 @@ def wanda_scores(params: Any, norms: Any) -> Any:
         raise ValueError(
             f"wanda_scores: norms do not match params: missing {missing}, unexpected {extra}"
         )
-    out = []
+    out: list[jax.Array | None] = []
     for name, (_, w) in zip(names, flat, strict=True):
         n = by_name[name]
         if n is None:

@@ -105,7 +105,7 @@ def compare_methods(config: demo.DemoConfig, methods=METHODS) -> dict[str, Any]:
         histories[method.name] = run.history
         if isinstance(hp.sparsity_type, str) and hp.sparsity_type == "channel":
             shrunk = shrink_story(run.model, data)
-    summary = {
+    summary: dict[str, Any] = {
         "rows": rows,
         "steps": config.steps,
         "seed": config.seed,

@@ -8,6 +8,7 @@ are built, so a bad value fails loudly before any tracing or training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -114,17 +115,17 @@ class PruningHParams:
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _coerce(field.name, field.type, value))
         _validate(self)
-        # The maps, parsed once into typed entries (not fields: eq, hash and to_dict ignore them).
-        object.__setattr__(
-            self,
-            "_sparsity_entries",
-            tuple(_MapEntry.parse(e, float) for e in self.weight_sparsity_map),
-        )
-        object.__setattr__(
-            self,
-            "_block_entries",
-            tuple(_MapEntry.parse(e, _block_dims) for e in self.block_dims_map),
-        )
+
+    # The maps, parsed once (on first use; _validate has checked every entry) into typed
+    # entries. Cached properties, not fields: init, repr, eq, hash and to_dict ignore them.
+
+    @functools.cached_property
+    def _sparsity_entries(self) -> tuple[_MapEntry, ...]:
+        return tuple(_MapEntry.parse(e, float) for e in self.weight_sparsity_map)
+
+    @functools.cached_property
+    def _block_entries(self) -> tuple[_MapEntry, ...]:
+        return tuple(_MapEntry.parse(e, _block_dims) for e in self.block_dims_map)
 
     # -- construction -----------------------------------------------------
 

@@ -129,7 +129,7 @@ def call_body(eqn: Any) -> ClosedJaxpr | None:
 
 def sub_jaxprs(eqn: Any) -> list[Any]:
     """Every jaxpr (open or closed) found in an equation's params."""
-    out = []
+    out: list[Any] = []
     for value in eqn.params.values():
         items = value if isinstance(value, tuple | list) else (value,)
         out.extend(v for v in items if isinstance(v, ClosedJaxpr | Jaxpr))
@@ -461,7 +461,8 @@ class WeightView:
                 replace[go[0]] = gn  # a rename or a row-major split of one operand axis
                 continue
             # Several old axes: they must be whole blocks, each in its row-major order.
-            k, lxs = 0, []
+            k = 0
+            lxs: list[int] = []
             while k < len(go):
                 b = owner[go[k]]
                 lx, ox = blocks[b]
@@ -471,7 +472,7 @@ class WeightView:
                 gone.add(b)
                 k += len(ox)
             merged.append((tuple(lxs), tuple(gn)))
-        out = []
+        out: list[tuple[tuple[int, ...], Sequence[int]]] = []
         for b, (lx, ox) in enumerate(blocks):
             if b in gone:
                 continue

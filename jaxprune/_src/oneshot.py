@@ -200,13 +200,13 @@ def fixed_masks(masks: Any) -> optax.GradientTransformationExtraArgs:
         params = tree_lib.unbox(params)
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
         try:
-            mask_leaves = treedef.flatten_up_to(tree_lib.unbox(masks))
+            mask_leaves = tree_lib.flatten_up_to(treedef, tree_lib.unbox(masks))
         except (ValueError, TypeError) as e:
             raise ValueError(
                 f"fixed_masks: masks must have the structure of params (None for unmasked "
                 f"leaves): {e}"
             ) from None
-        out = []
+        out: list[jax.Array | None] = []
         for (path, leaf), mask in zip(flat, mask_leaves, strict=True):
             if mask is None:
                 out.append(None)
@@ -223,7 +223,7 @@ def fixed_masks(masks: Any) -> optax.GradientTransformationExtraArgs:
                 )
             # A copy, so that donating the optimizer state never deletes the caller's masks.
             out.append(jnp.array(mask, copy=True))
-        return FixedMasksState(masks=treedef.unflatten(out))
+        return FixedMasksState(masks=jax.tree.unflatten(treedef, out))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -242,10 +242,10 @@ def _masked_updates(updates, state, params):
     params = tree_lib.unbox(params)
     updates = tree_lib.unbox(updates)
     leaves, treedef = jax.tree.flatten(params)
-    update_leaves = treedef.flatten_up_to(updates)
-    mask_leaves = treedef.flatten_up_to(state.masks)
+    update_leaves = tree_lib.flatten_up_to(treedef, updates)
+    mask_leaves = tree_lib.flatten_up_to(treedef, state.masks)
     out = [
         u if m is None else jnp.where(m, u, -p.astype(u.dtype))
         for p, u, m in zip(leaves, update_leaves, mask_leaves, strict=True)
     ]
-    return treedef.unflatten(out)
+    return jax.tree.unflatten(treedef, out)

@@ -233,10 +233,12 @@ class _Dims:
         if rb in self.blocked:
             self.blocked.setdefault(ra, self.blocked.pop(rb))
         ea, eb = self.expansion.pop(ra, None), self.expansion.pop(rb, None)
-        if ea is not None or eb is not None:
-            self.expansion[ra] = ea if ea is not None else eb
-            if ea is not None and eb is not None:
+        if ea is not None:
+            self.expansion[ra] = ea
+            if eb is not None:
                 self.unify(ea, eb)
+        elif eb is not None:
+            self.expansion[ra] = eb
 
     def finalize(self) -> None:
         """Propagates blocks from merged axes to their factors (to a fixpoint)."""
@@ -698,7 +700,7 @@ class _Constants(mg.Visitor):
             try:
                 (res,) = _bind_vec(eqn, args)
                 res = np.asarray(res)
-                for j in np.flatnonzero(known):
+                for j in np.flatnonzero(known).tolist():
                     x = res[j].item()
                     if not (isinstance(x, float) and math.isnan(x)):
                         out[j] = x
@@ -1147,17 +1149,17 @@ def shrink(
     for i in range(n):
         old = new_leaves[i].shape
         new_leaves[i] = _take_dims(new_leaves[i], param_dims[i], kept, dims)
-        entries = [
+        resized = [
             (a, new_leaves[i].shape[a], old[a] - new_leaves[i].shape[a])
             for a in range(len(old))
             if new_leaves[i].shape[a] != old[a]
         ]
-        if entries:
-            a, k, m = zip(*entries, strict=True)
+        if resized:
+            ax, k, m = zip(*resized, strict=True)
             arrays[graph.param_names[i]] = (
-                {"axis": a[0], "kept": k[0], "removed": m[0]}
-                if len(entries) == 1
-                else {"axis": a, "kept": k, "removed": m}
+                {"axis": ax[0], "kept": k[0], "removed": m[0]}
+                if len(resized) == 1
+                else {"axis": ax, "kept": k, "removed": m}
             )
 
     def new_size(d) -> int:
@@ -1223,7 +1225,7 @@ class _Decision:
         self.param_dims = param_dims
         self.constants = True
         self.corrections: dict[mg.Path, jax.Array] = {}
-        self.why: dict[tuple[int, int], str] = {}
+        self.why: dict[tuple[int, int | np.integer], str] = {}
         self.fold_report: list[dict] = []
 
     def _sides(self, path, g):
@@ -1392,8 +1394,7 @@ class _Decision:
                     for a in dn.lhs_spec[2:]:
                         shape[a] = x_shape[a]
                     xfull = np.broadcast_to(xfull, shape)
-                xfull = jnp.asarray(xfull, eqn.invars[1 - k].aval.dtype)
-                ops = [xfull, self.leaves[use.leaf]]
+                ops = [jnp.asarray(xfull, eqn.invars[1 - k].aval.dtype), self.leaves[use.leaf]]
                 full = _bind(eqn, ops if k == 1 else ops[::-1], eqn.params)[0]
                 self.corrections[path] = _take_dims(full, self.c.out_dims[path][0], kept, self.d)
                 self.fold_report.append({"bias": None, "weight": use.name, "channels": count})
@@ -1612,7 +1613,7 @@ def _resize_attributes(module) -> None:
         module, "num_features"
     ):
         for attr in ("scale", "mean", "bias"):
-            arr = getattr(module, attr, None)
-            if getattr(arr, "shape", None):
-                module.num_features = arr.shape[-1]
+            arr_shape = getattr(getattr(module, attr, None), "shape", None)
+            if arr_shape:
+                module.num_features = arr_shape[-1]
                 break

@@ -110,7 +110,7 @@ def to_bcoo(params: Any, masks: Any = None) -> Any:
                 unique_indices=True,
             )
         )
-    return treedef.unflatten(out)
+    return jax.tree.unflatten(treedef, out)
 
 
 def _masks_by_name(masks: Any, names: list[str]) -> list[Any]:

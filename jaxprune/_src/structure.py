@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,7 @@ def parse_sparsity_type(
     if not isinstance(sparsity_type, str):
         raise ValueError(f"hparam sparsity_type must be a string, got {sparsity_type!r}")
     if sparsity_type == "unstructured":
-        return Unstructured(tuple(block_dims))
+        return Unstructured(cast(tuple[int, int], tuple(block_dims)))
     if sparsity_type == "channel":
         return Channel(-1 if axis is None else axis)
     match = _NM_RE.match(sparsity_type)

@@ -6,6 +6,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import jax
@@ -97,6 +98,17 @@ def unbox(tree: Any) -> Any:
     return jax.tree.map(_unbox_one, tree, is_leaf=_is_any_box)
 
 
+def flatten_up_to(treedef: jax.tree_util.PyTreeDef, tree: Any) -> list[Any]:
+    """``treedef.flatten_up_to(tree)``: the subtrees of ``tree`` at ``treedef``'s leaves.
+
+    A function rather than the method so that callers type-check: jaxlib ships no
+    stub for ``PyTreeDef``, and mypy sees the treedef that ``jax.tree.structure``
+    returns as an unresolved type without this method. (Unflatten with
+    ``jax.tree.unflatten(treedef, leaves)``, which is ``treedef.unflatten(leaves)``.)
+    """
+    return treedef.flatten_up_to(tree)
+
+
 def rebox(template: Any, tree: Any) -> Any:
     """Puts the leaves of ``tree`` (shaped like ``unbox(template)``) into template's linen boxes.
 
@@ -110,15 +122,16 @@ def rebox(template: Any, tree: Any) -> Any:
         lambda x: _nnx_value(x) if _is_boxed(x) else x, template, is_leaf=_is_boxed
     )
     treedef = jax.tree.structure(template, is_leaf=_is_linen_box)
-    if not any(_is_linen_box(b) for b in treedef.flatten_up_to(template)):
+    if not any(_is_linen_box(b) for b in flatten_up_to(treedef, template)):
         return tree
-    boxes = treedef.flatten_up_to(template)
-    values = treedef.flatten_up_to(tree)
-    return treedef.unflatten(
+    boxes = flatten_up_to(treedef, template)
+    values = flatten_up_to(treedef, tree)
+    return jax.tree.unflatten(
+        treedef,
         [
             b.replace_boxed(v) if _is_linen_box(b) and hasattr(v, "shape") else v
             for b, v in zip(boxes, values, strict=True)
-        ]
+        ],
     )
 
 
@@ -170,7 +183,7 @@ def leaf_names_and_prunable(
         prunable = [bool(params_filter(n, leaf)) for n, leaf in zip(names, leaves, strict=True)]
     else:
         try:
-            flags = treedef.flatten_up_to(params_filter)
+            flags = flatten_up_to(treedef, params_filter)
         except (ValueError, TypeError) as e:
             raise ValueError(
                 "params_filter must be a callable (name, leaf) -> bool or a pytree of bools "
@@ -207,8 +220,9 @@ def _package_dirs() -> tuple[str, ...]:
     dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # jaxprune/
     for module in ("optax", "flax", "jax", "jaxlib", "chex"):
         mod = sys.modules.get(module)
-        if mod is not None and getattr(mod, "__file__", None):
-            dirs.append(os.path.dirname(os.path.abspath(mod.__file__)))
+        file = getattr(mod, "__file__", None)
+        if file:
+            dirs.append(os.path.dirname(os.path.abspath(file)))
     return tuple(d + os.sep for d in dirs)
 
 
@@ -220,7 +234,8 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     would point into one of those.
     """
     internal = _package_dirs()
-    frame, level = sys._getframe(1), 2
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None and (
         os.path.abspath(frame.f_code.co_filename).startswith(internal)
         or frame.f_code.co_filename.startswith("<frozen")
