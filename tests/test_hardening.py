@@ -167,7 +167,32 @@ def _primitives(jaxpr, top_level_only):
     return names
 
 
+def test_warns_when_not_last_on_a_sampled_large_leaf():
+    params = {"d": {"kernel": _kernel(11, (256, 384))}, "small": {"kernel": _kernel(12, (4, 4))}}
+    tx = optax.chain(jaxprune.magnitude_pruning(NOT_LAST_HP), optax.add_decayed_weights(0.1))
+    with pytest.warns(UserWarning, match=r"step 4.*\['d/kernel'\]"):
+        _run_chain(tx, params, 4)
+
+
+def test_no_not_last_warning_for_tied_weights():
+    # All-equal weights: the exact threshold keeps every tie, nothing is pruned, and the
+    # weights (with no zero among them) then drift below the old threshold together.
+    tx = optax.chain(optax.sgd(0.01), jaxprune.magnitude_pruning(NOT_LAST_HP))
+    params = {"w": jnp.ones((32, 32))}
+    step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.ones_like, p), s, p))
+    state = tx.init(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(8):
+            updates, state = step(params, state)
+            params = optax.apply_updates(params, updates)
+        jax.effects_barrier()
+    assert bool(jaxprune.get_pruning_state(state).masks["w"].all())
+
+
 def test_not_last_check_only_inside_the_mask_update_branch():
+    # The host callback is in a cond (taken only when the mask-update branch flagged a leaf);
+    # test_perf_invariants checks that ordinary steps copy nothing for it.
     tx = jaxprune.magnitude_pruning(NOT_LAST_HP)
     params = {"w": jnp.ones((4, 4))}
     state = tx.init(params)

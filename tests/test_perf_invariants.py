@@ -124,6 +124,13 @@ def _adam_steps(params, x):
     return plain, pruned
 
 
+def _mask_update_conds(entry: str) -> int:
+    """Conditionals with outputs (the mask updates); the not-last warning's cond has none."""
+    return sum(
+        " conditional(" in line and "= () conditional(" not in line for line in entry.splitlines()
+    )
+
+
 def test_one_cond_per_large_leaf_and_one_update_buffer_at_a_time():
     """Each large kernel has its own cond: only one kernel's update is materialised at a time.
 
@@ -133,7 +140,7 @@ def test_one_cond_per_large_leaf_and_one_update_buffer_at_a_time():
     params = {f"w{i}": jnp.ones((1024, 1024)) for i in range(4)}
     plain, pruned = _adam_steps(params, jnp.float32(0.5))
     entry = _computations(pruned.as_text())["ENTRY"]
-    assert entry.count(" conditional(") == 4
+    assert _mask_update_conds(entry) == 4
     extra = pruned.memory_analysis().temp_size_in_bytes - plain.memory_analysis().temp_size_in_bytes
     assert extra <= 1.5 * 1024 * 1024 * 4
 
@@ -143,4 +150,4 @@ def test_small_same_shaped_leaves_share_one_cond():
     params["other"] = jnp.ones((32, 64))
     _, pruned = _adam_steps(params, jnp.float32(0.5))
     entry = _computations(pruned.as_text())["ENTRY"]
-    assert entry.count(" conditional(") == 2
+    assert _mask_update_conds(entry) == 2

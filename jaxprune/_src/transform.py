@@ -230,6 +230,10 @@ class _Pruner:
         global_s = self.global_sparsity(step, state.sparsity)
         masks, thresholds = list(old_masks), list(old_thresholds)
         passed = {}
+        flagged: list[tuple[str, jax.Array]] = []
+        # The sparsities of the previous mask update (0 before any), for _pruned_not_zero.
+        last = jnp.asarray(state.last_update_step, jnp.int32)
+        old_global = jnp.where(last > 0, self.global_sparsity(last, state.sparsity), 0.0)
         for members in _batches(idx, leaves, plans):
             rule = plans[members[0]].rule
             sparsities = [self.leaf_sparsity(plans[i], step, global_s) for i in members]
@@ -239,24 +243,23 @@ class _Pruner:
                 [jnp.asarray(old_thresholds[i], jnp.float32) for i in members],
                 [old_masks[i] for i in members],
                 sparsities,
-                step,
+                [self.leaf_sparsity(plans[i], last, old_global) for i in members],
             )
-            update = functools.partial(
-                self._group_update,
-                rule=rule,
-                passing=return_updates,
-                names=tuple(names[i] for i in members),
-            )
+            update = functools.partial(self._group_update, rule=rule, passing=return_updates)
             if force:
-                new_t, new_m, group_passed = update(operands)
+                new_t, new_m, group_passed, flags = update(operands)
             else:
-                new_t, new_m, group_passed = jax.lax.cond(
+                new_t, new_m, group_passed, flags = jax.lax.cond(
                     should, update, functools.partial(_keep, passing=return_updates), operands
                 )
+            if updates is not None:
+                flagged += [(names[i], flags[j]) for j, i in enumerate(members)]
             for j, i in enumerate(members):
                 thresholds[i], masks[i] = new_t[j], new_m[j]
                 if return_updates:
                     passed[i] = group_passed[j]
+        if flagged:
+            _warn_if_not_last([n for n, _ in flagged], jnp.stack([f for _, f in flagged]), step)
         last = step if force else jnp.where(should, step, state.last_update_step)
         new_state = PruningState(
             count=step,
@@ -267,13 +270,13 @@ class _Pruner:
         )
         return (new_state, [passed[i] for i in idx]) if return_updates else new_state
 
-    def _group_update(self, operands, rule, passing, names):
+    def _group_update(self, operands, rule, passing):
         """New thresholds and masks of one group of leaves (the true branch of its cond)."""
-        params, updates, thresholds, old_masks, sparsities, step = operands
-        weights = params
+        params, updates, thresholds, _, sparsities, old_sparsities = operands
+        weights, flags = params, jnp.zeros(len(params), bool)
         if updates is not None:
-            # In the transform the incoming params are the previous step's masked weights.
-            _warn_if_not_last(params, old_masks, names, step)
+            # The transform's incoming params are the previous step's masked weights.
+            flags = _pruned_not_zero(params, thresholds, old_sparsities)
             weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
         hp = self.hparams
         if rule.scope == "global":
@@ -292,7 +295,7 @@ class _Pruner:
             new_t, new_m = list(t), list(m)
         # The barrier only stops JAX from forwarding the pass-through out of the cond.
         passed = list(jax.lax.optimization_barrier(tuple(updates))) if passing else []
-        return new_t, new_m, passed
+        return new_t, new_m, passed, flags
 
     def should_update(self, step: jax.Array, last_update_step: jax.Array) -> jax.Array:
         """SPEC §3: in [begin, end] (end -1 = forever) and frequency steps since the last update."""
@@ -394,30 +397,74 @@ _NOT_LAST = (
 )
 
 
-def _warn_if_not_last(params, old_masks, names, step) -> None:
-    """Warns if weights pruned by the previous masks are nonzero in the incoming params.
+def _pruned_not_zero(params, old_thresholds, old_sparsities) -> jax.Array:
+    """Per leaf: do the incoming params show that pruned weights did not stay at 0?
 
-    Called only inside the mask-update branch of the transform's ``lax.cond`` (no cost on
-    other steps). With the transform last in the chain, ``params + updates`` is the masked
-    weights after every step, so positions the previous masks pruned must be exactly 0 (the
-    first update's all-True masks prune nothing). Non-finite values are not reported: an
-    additive update cannot cancel a NaN or Inf stored in params (see the README).
+    With the transform last in the chain, ``params + updates`` is the masked weights after
+    every step, so every weight the previous mask update pruned is exactly 0 in the
+    incoming params. A transform after it (adam, weight decay, ...) changes (in practice)
+    all of them: the params then have no exact zero at all, while the weights the previous
+    update pruned (about ``old_sparsity * n``) sit, small, below its threshold. Looking at
+    a strided sample of at most ~4096 entries, a leaf is flagged when the previous update
+    pruned at least 16 of them (``old_sparsity * m >= 16``), the sample holds no exact
+    zero, at least half of those ``old_sparsity * m`` are below the old threshold and at
+    least half of the others are not (for block-pruned leaves the threshold is in pooled
+    units, a rougher guide). With the transform last, the sample holds zeros (the weights
+    pruned before) unless the previous update pruned nothing, which needs all weights
+    tied at its threshold, or unless the sample misses them all (probability < e**-16):
+    no false alarm in practice. A transform after it that leaves zero weights at exactly
+    zero (e.g. zero gradients under plain SGD) is not detected.
+
+    It reads only a sample of the params and scalars, in the mask-update branch of the
+    transform's ``lax.cond`` (no cost on other steps). The old masks would say exactly which
+    weights were pruned, but reading them there, or anywhere else, made XLA copy the
+    (donated, updated in place) masks on every step; full-size reductions over the params
+    added a temporary buffer.
     """
-    bad = jnp.stack(
-        [jnp.any(~m & (p != 0) & jnp.isfinite(p)) for p, m in zip(params, old_masks, strict=True)]
-    )
+    flags = []
+    for p, t, s in zip(params, old_thresholds, old_sparsities, strict=True):
+        p = _sample(p)
+        n = jnp.float32(p.size)
+        key = jax.lax.bitcast_convert_type(p.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
+        no_zero = jnp.min(key) > 0  # NaN counts as nonzero, a denormal flushed as zero
+        below = jnp.sum((key < jax.lax.bitcast_convert_type(t, jnp.int32)) & (key > 0))
+        below = below.astype(jnp.float32)
+        expected = s * n  # weights of the sample the previous update pruned (about)
+        # Weights that all tie (the previous update then pruned nothing) and drift together
+        # fall below the old threshold all at once; kept weights mostly stay above it.
+        flags.append(
+            (expected >= _MIN_EXPECTED)
+            & no_zero
+            & (below >= 0.5 * expected)
+            & (n - below >= 0.5 * (n - expected))
+        )
+    return jnp.stack(flags)
 
-    def report(bad, step):
-        hits = [n for n, b in zip(names, bad, strict=True) if b]
+
+# At most about _SAMPLE_SIDE**2 entries of each leaf are looked at.
+_SAMPLE_SIDE = 64
+# With the transform last, a sample expected to hold >= 16 pruned (zero) weights holds none
+# with probability below e**-16: the check needs at least that many.
+_MIN_EXPECTED = 16.0
+
+
+def _sample(x: jax.Array) -> jax.Array:
+    """A strided sample of at most about ``_SAMPLE_SIDE**2`` entries (static slices)."""
+    x = x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
+    return x[:: max(1, x.shape[0] // _SAMPLE_SIDE), :: max(1, x.shape[1] // _SAMPLE_SIDE)]
+
+
+def _warn_if_not_last(names: list[str], flags: jax.Array, step: jax.Array) -> None:
+    """Warns, naming the leaves, when :func:`_pruned_not_zero` flagged any (see ``_NOT_LAST``).
+
+    The host callback runs in its own scalar ``lax.cond`` (only when a leaf is flagged).
+    """
+
+    def report(flags, step):
+        hits = [n for n, b in zip(names, flags, strict=True) if b]
         warnings.warn(_NOT_LAST.format(step=int(step), names=hits), UserWarning, stacklevel=2)
 
-    jax.lax.cond(
-        jnp.any(bad),
-        lambda b, s: jax.debug.callback(report, b, s),
-        lambda b, s: None,
-        bad,
-        step,
-    )
+    jax.lax.cond(jnp.any(flags), lambda: jax.debug.callback(report, flags, step), lambda: None)
 
 
 def _warn_unusable_block_dims(hp: PruningHParams, leaves, plans) -> None:
@@ -472,8 +519,8 @@ def _match_sharding(update: Any, param: Any) -> Any:
 
 def _keep(operands, passing):
     """The false branch of a group's cond: the old thresholds and masks."""
-    _, updates, thresholds, masks, _, _ = operands
-    return thresholds, masks, (updates if passing else [])
+    params, updates, thresholds, masks, _, _ = operands
+    return thresholds, masks, (updates if passing else []), jnp.zeros(len(params), bool)
 
 
 # Same-shaped leaves are masked in one batch of at most this many elements in all.
@@ -527,9 +574,10 @@ def magnitude_pruning(
     Put it last in a chain, e.g.
     ``optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(hparams))``: a
     transform after it would change the updates of pruned weights, which then
-    stop being 0. That is detected on mask-update steps (weights pruned by the
-    previous masks are nonzero in the incoming params) and reported with a
-    warning; ordinary steps pay nothing for the check. The
+    stop being 0. That is detected on mask-update steps (the weights the
+    previous update pruned are not zero in the incoming params, judged on a
+    sample, see the README) and reported with a warning; ordinary steps pay
+    nothing for the check. The
     n-th ``update`` acts at global step ``n`` (TF's mask update after the n-th
     training step): when the step is within ``[begin_pruning_step,
     end_pruning_step]`` and at least ``pruning_frequency`` steps after the last
