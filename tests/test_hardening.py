@@ -190,6 +190,23 @@ def test_no_not_last_warning_for_tied_weights():
     assert bool(jaxprune.get_pruning_state(state).masks["w"].all())
 
 
+def test_no_not_last_warning_with_threshold_decay():
+    # The smoothed threshold prunes nothing at first although the schedule asks for 27 %.
+    hp = HP.replace(
+        pruning_frequency=3,
+        target_sparsity=0.7,
+        sparsity_function_end_step=20,
+        threshold_decay=0.5,
+        block_height=2,
+        block_width=2,
+    )
+    tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(hp))
+    params = {"k": jax.random.normal(jax.random.key(3), (6, 10))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run_chain(tx, params, 9)
+
+
 def test_not_last_check_only_inside_the_mask_update_branch():
     # The host callback is in a cond (taken only when the mask-update branch flagged a leaf);
     # test_perf_invariants checks that ordinary steps copy nothing for it.

@@ -274,7 +274,7 @@ class _Pruner:
         """New thresholds and masks of one group of leaves (the true branch of its cond)."""
         params, updates, thresholds, _, sparsities, old_sparsities = operands
         weights, flags = params, jnp.zeros(len(params), bool)
-        if updates is not None:
+        if updates is not None and self.hparams.threshold_decay == 0.0:
             # The transform's incoming params are the previous step's masked weights.
             flags = _pruned_not_zero(params, thresholds, old_sparsities)
             weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
@@ -413,7 +413,9 @@ def _pruned_not_zero(params, old_thresholds, old_sparsities) -> jax.Array:
     pruned before) unless the previous update pruned nothing, which needs all weights
     tied at its threshold, or unless the sample misses them all (probability < e**-16):
     no false alarm in practice. A transform after it that leaves zero weights at exactly
-    zero (e.g. zero gradients under plain SGD) is not detected.
+    zero (e.g. zero gradients under plain SGD) is not detected. With ``threshold_decay``
+    the smoothed threshold may prune much less than the schedule says (nothing, at first),
+    so the count cannot be inferred and the check is not made.
 
     It reads only a sample of the params and scalars, in the mask-update branch of the
     transform's ``lax.cond`` (no cost on other steps). The old masks would say exactly which
