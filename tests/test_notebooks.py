@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = ["quickstart.ipynb", "tf_migration.ipynb"]
+NOTEBOOKS = ["quickstart.ipynb", "tf_migration.ipynb", "oneshot_wanda.ipynb"]
 
 # End-to-end runs of the examples: CI's oldest-versions leg deselects them (-m 'not examples').
 pytestmark = pytest.mark.examples

@@ -47,6 +47,21 @@ Prints a per-layer table and dense vs pruned test accuracy, and writes
 summary.json, sparsity.png, training.png and layers.png to --out.
 """
 
+WANDA_DESCRIPTION = """\
+Train a small byte-level transformer language model (flax nnx) on Python's own
+standard-library sources (shipped with every CPython: nothing is downloaded;
+the last 10 % of every file is held out), or load it from --out, then prune
+every linear layer of its blocks once, with no weight update (the embeddings
+and the LM head stay dense, as in the Wanda paper): magnitude (layer scope and
+output scope) and Wanda (|w| * input norm from jaxprune.activation_norms over a
+few calibration batches of the training split; output scope, and layer scope
+as an ablation), at 50 % unstructured and 2:4. Also prunes one block at a time.
+
+Prints the held-out perplexity table and writes wanda.json, wanda.png and the
+trained model (lm_checkpoint.npz, reused by later runs with the same settings)
+to --out.
+"""
+
 
 class MissingExtrasError(RuntimeError):
     """The ``examples`` extra (flax, matplotlib, scikit-learn, tqdm) is not installed."""
@@ -137,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxprune`` command.
 
     Returns:
-      An ``argparse.ArgumentParser`` with the ``demo`` subcommand.
+      An ``argparse.ArgumentParser`` with the ``demo`` and ``demo-wanda`` subcommands.
     """
     parser = argparse.ArgumentParser(
         prog="jaxprune",
@@ -209,6 +224,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     demo.set_defaults(subparser=demo)
+    wanda = sub.add_parser(
+        "demo-wanda",
+        help="prune a small language model one-shot: magnitude vs Wanda (calibration data)",
+        description=WANDA_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wanda.add_argument(
+        "--steps",
+        type=_steps,
+        default=400,
+        metavar="N",
+        help="training steps (default: %(default)s)",
+    )
+    wanda.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    wanda.add_argument(
+        "--calibration-batches",
+        type=_steps,
+        default=8,
+        metavar="N",
+        help="calibration batches of 16 windows from the training split (default: %(default)s)",
+    )
+    wanda.add_argument(
+        "--out",
+        default="demo_wanda_out",
+        metavar="DIR",
+        help="output directory for wanda.json, wanda.png and the trained model "
+        "(default: %(default)s)",
+    )
+    wanda.add_argument(
+        "--retrain", action="store_true", help="train even if --out holds a matching model"
+    )
+    wanda.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    wanda.add_argument("--no-plots", action="store_true", help="do not write wanda.png")
+    wanda.set_defaults(subparser=wanda)
     return parser
 
 
@@ -238,6 +287,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtrasError as e:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return 1
+    if args.command == "demo-wanda":
+        from jaxprune._src import wanda_demo
+
+        wanda_demo.run_wanda_demo(
+            wanda_demo.WandaDemoConfig(
+                steps=args.steps,
+                seed=args.seed,
+                calibration_batches=args.calibration_batches,
+                out=args.out,
+                retrain=args.retrain,
+                progress=not args.no_progress,
+                plots=not args.no_plots,
+            )
+        )
+        return 0
     from jaxprune._src import demo
 
     config = demo.DemoConfig(
