@@ -274,9 +274,10 @@ class _Pruner:
         """New thresholds and masks of one group of leaves (the true branch of its cond)."""
         params, updates, thresholds, _, sparsities, old_sparsities = operands
         weights, flags = params, jnp.zeros(len(params), bool)
-        if updates is not None and self.hparams.threshold_decay == 0.0:
-            # The transform's incoming params are the previous step's masked weights.
-            flags = _pruned_not_zero(params, thresholds, old_sparsities)
+        if updates is not None:
+            if self.hparams.threshold_decay == 0.0:
+                # The transform's incoming params are the previous step's masked weights.
+                flags = _pruned_not_zero(params, thresholds, old_sparsities)
             weights = [(p + u).astype(p.dtype) for p, u in zip(params, updates, strict=True)]
         hp = self.hparams
         if rule.scope == "global":
