@@ -6,6 +6,9 @@ import pytest
 
 from jaxprune._src import cli, compare, demo
 
+# End-to-end demo runs: CI's oldest-versions leg deselects them (-m "not examples").
+pytestmark = pytest.mark.examples
+
 # The demo CNN's kernels: conv1 (dense in the comparison), conv2, dense1, dense2.
 SIZES = {"conv1": 3 * 3 * 1 * 16, "conv2": 3 * 3 * 16 * 32, "dense1": 512 * 128, "dense2": 128 * 10}
 TOTAL = sum(SIZES.values())

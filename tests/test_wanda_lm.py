@@ -20,6 +20,9 @@ import jaxprune
 from jaxprune._src import cli, lm
 from jaxprune._src import wanda_demo as wd
 
+# End-to-end demo runs: CI's oldest-versions leg deselects them (-m "not examples").
+pytestmark = pytest.mark.examples
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = lm.LMConfig(d_model=64, n_layers=2, n_heads=4, d_ff=192, seq_len=64)
 #: Wanda's loss increase over dense must be below this fraction of magnitude's.
