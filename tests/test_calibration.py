@@ -144,8 +144,8 @@ def test_nnx_linear_mlp():
     rng = np.random.default_rng(2)
     xs = batches_of(rng, 2, (5, 4))
     norms = jaxprune.activation_norms(lambda s, x: nnx.merge(graphdef, s)(x), state, xs)
-    ws = [state["a"]["kernel"].get_value(), state["b"]["kernel"].get_value()]
-    bs = [state["a"]["bias"].get_value(), state["b"]["bias"].get_value()]
+    ws = [state["a"]["kernel"][...], state["b"]["kernel"][...]]
+    bs = [state["a"]["bias"][...], state["b"]["bias"][...]]
     per_batch = [np_mlp(ws, bs, x) for x in xs]
     for name, i in (("a", 0), ("b", 1)):
         ref = np_norms(*(inputs[i] for inputs in per_batch))
@@ -198,8 +198,8 @@ def test_nnx_conv_net():
     rng = np.random.default_rng(4)
     xs = batches_of(rng, 2, (2, 6, 6, 3))
     norms = jaxprune.activation_norms(lambda s, x: nnx.merge(graphdef, s)(x), state, xs)
-    kernels = [state["c0"]["kernel"].get_value(), state["c1"]["kernel"].get_value()]
-    bias0 = state["c0"]["bias"].get_value()
+    kernels = [state["c0"]["kernel"][...], state["c1"]["kernel"][...]]
+    bias0 = state["c0"]["bias"][...]
     refs = [_conv_refs(kernels, [bias0, None], x) for x in xs]
     for i, name in enumerate(("c0", "c1")):
         ref = np.sqrt(sum(r[i] ** 2 for r in refs))
@@ -548,7 +548,7 @@ def test_wanda_scores_end_to_end_with_nnx_state_and_bf16():
     x = jnp.array([[1.0, 2.0, 2.0], [0.0, 0.0, 1.0]], jnp.bfloat16)
     norms = jaxprune.activation_norms(lambda s, x: nnx.merge(graphdef, s)(x), state, [x])
     scores = jaxprune.wanda_scores(state, norms)
-    kernel = np.asarray(state["kernel"].get_value(), np.float64)
+    kernel = np.asarray(state["kernel"][...], np.float64)
     ref = np.abs(kernel) * np.array([1.0, 2.0, 3.0])[:, None]  # norms: 1, 2, sqrt(4 + 1)
     ref[2] = np.abs(kernel[2]) * np.sqrt(5.0)
     assert scores["kernel"].dtype == jnp.float32 and scores["bias"] is None

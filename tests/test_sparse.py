@@ -192,7 +192,7 @@ def test_nnx_params_and_mask_names_match_a_plain_dict():
 
     model = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
-    w = np.asarray(model.kernel.get_value())
+    w = np.asarray(model.kernel[...])
     keep = np.abs(w) >= np.median(np.abs(w))
     out = jaxprune.to_bcoo(state, {"kernel": jnp.asarray(keep)})
     _assert_bcoo_matches(out["kernel"], w, keep)

@@ -1013,12 +1013,24 @@ def trace(fn: Callable, params: Any, *args: Any) -> ModelGraph:
 Hook = Callable[[ParamUse, jax.Array, jax.Array], Any]
 
 
-def _bind(eqn, ins):
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
+def bind_equation(eqn, ins, params=None):
+    """Binds ``eqn``'s primitive to ``ins`` with ``params`` (default: the equation's own).
+
+    ``Primitive.get_bind_params`` returns the params (jax >= 0.8) or ``(subfuns, params)``
+    (older jax, e.g. 0.7.1); both are handled.
+    """
+    bind_params = eqn.primitive.get_bind_params(eqn.params if params is None else params)
+    subfuns: tuple = ()
+    if isinstance(bind_params, tuple):
+        subfuns, bind_params = bind_params
     manager = getattr(getattr(eqn, "ctx", None), "manager", None) or contextlib.nullcontext()
     with manager:
-        ans = eqn.primitive.bind(*ins, **bind_params)
+        ans = eqn.primitive.bind(*subfuns, *ins, **bind_params)
     return list(ans) if eqn.primitive.multiple_results else [ans]
+
+
+def _bind(eqn, ins):
+    return bind_equation(eqn, ins)
 
 
 def _add(a, b):

@@ -52,7 +52,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -720,9 +719,7 @@ class _Constants(mg.Visitor):
 
 def _bind_vec(eqn, args):
     with jax.ensure_compile_time_eval():
-        params = eqn.primitive.get_bind_params(eqn.params)
-        ans = eqn.primitive.bind(*[jnp.asarray(a) for a in args], **params)
-    return list(ans) if eqn.primitive.multiple_results else [ans]
+        return mg.bind_equation(eqn, [jnp.asarray(a) for a in args])
 
 
 def _slice_constants(x: np.ndarray, axis: int, factor_sizes, pos: int) -> tuple:
@@ -830,11 +827,7 @@ def format_report(report: ShrinkReport) -> str:
 
 
 def _bind(eqn, ins, params):
-    bind_params = eqn.primitive.get_bind_params(params)
-    manager = getattr(getattr(eqn, "ctx", None), "manager", None) or contextlib.nullcontext()
-    with manager:
-        ans = eqn.primitive.bind(*ins, **bind_params)
-    return list(ans) if eqn.primitive.multiple_results else [ans]
+    return mg.bind_equation(eqn, ins, params)
 
 
 class ShrunkFunction:
@@ -1575,7 +1568,9 @@ def shrink_nnx(model: Any, *example_args: Any, masks: Any = None, check: bool = 
         fn, state, *example_args, masks=masks, constants=False, check=check
     )
     small_model = nnx.merge(graphdef, small_state)
-    for _, module in nnx.iter_modules(small_model):
+    # nnx.iter_modules is new in flax 0.12.1; Module.iter_modules before.
+    iter_modules = getattr(nnx, "iter_modules", None) or type(small_model).iter_modules
+    for _, module in iter_modules(small_model):
         _resize_attributes(module)
     if check:
         want = jax.tree.leaves(fn(_masked(state, masks), *example_args))
