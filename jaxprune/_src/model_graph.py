@@ -366,6 +366,39 @@ def eqn_at(closed_jaxpr: ClosedJaxpr, path: Path) -> Any:
 # ----------------------------------------------------------------------------- weight views
 
 
+def reshape_groups(
+    in_shape: Sequence[int], out_shape: Sequence[int]
+) -> list[tuple[list[int], list[int]]]:
+    """Pairs the non-size-1 axes of a reshape into the smallest runs of equal element count.
+
+    Each ``(old_axes, new_axes)`` run holds the same elements before and after the reshape
+    (row-major): a rename, a merge, a split, or a regrouping (several axes on both sides).
+
+    Examples:
+      >>> from jaxprune._src.model_graph import reshape_groups
+      >>> reshape_groups((2, 3, 4), (6, 1, 4))
+      [([0, 1], [0]), ([2], [2])]
+    """
+    old = [i for i, s in enumerate(in_shape) if s != 1]
+    new = [j for j, s in enumerate(out_shape) if s != 1]
+    groups, i, j = [], 0, 0
+    while i < len(old):
+        go, gn = [old[i]], [new[j]]
+        po, pn = in_shape[old[i]], out_shape[new[j]]
+        i, j = i + 1, j + 1
+        while po != pn:
+            if po < pn:
+                go.append(old[i])
+                po *= in_shape[old[i]]
+                i += 1
+            else:
+                gn.append(new[j])
+                pn *= out_shape[new[j]]
+                j += 1
+        groups.append((go, gn))
+    return groups
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightView:
     """A value that is parameter leaf ``leaf`` with only its layout changed (see module doc).
@@ -435,23 +468,7 @@ class WeightView:
         # Size-1 axes carry no elements: drop the old ones, add the new ones as blocks.
         blocks = [(lx, [o for o in ox if in_shape[o] != 1]) for lx, ox in self.blocks]
         blocks = [(lx, ox) for lx, ox in blocks if lx or ox]
-        old = [i for i, s in enumerate(in_shape) if s != 1]
-        new = [j for j, s in enumerate(out_shape) if s != 1]
-        groups, i, j = [], 0, 0
-        while i < len(old):
-            go, gn = [old[i]], [new[j]]
-            po, pn = in_shape[old[i]], out_shape[new[j]]
-            i, j = i + 1, j + 1
-            while po != pn:
-                if po < pn:
-                    go.append(old[i])
-                    po *= in_shape[old[i]]
-                    i += 1
-                else:
-                    gn.append(new[j])
-                    pn *= out_shape[new[j]]
-                    j += 1
-            groups.append((go, gn))
+        groups = reshape_groups(in_shape, out_shape)
         owner = {o: b for b, (_, ox) in enumerate(blocks) for o in ox}
         replace: dict[int, list[int]] = {}
         merged: list[Block] = []

@@ -327,14 +327,8 @@ class _Coupler(mg.Visitor):
                 if f.src is not None:
                     self.leaf_uses.setdefault(f.src, set()).add((path, k))
         outs = self._rule(ctx, name, dims_in)
-        for _i, o in enumerate(outs):
-            seen: dict[int, int] = {}
-            for dd in o:
-                for a in d.atoms(dd):
-                    seen[a] = seen.get(a, 0) + 1
-            for a, c in seen.items():
-                if c > 1:
-                    d.block(a, "the same channel axis appears twice in one value")
+        for o in outs:
+            _block_repeated(d, o, "the same channel axis appears twice in one value")
         self.out_dims[path] = [tuple(o) for o in outs]
         src = ins[0].src if name in _VIEW_PRIMITIVES and len(ins) == 1 else None
         return [_F(tuple(o), (path, i), src) for i, o in enumerate(outs)]
@@ -446,23 +440,8 @@ class _Coupler(mg.Visitor):
 
     def _reshape(self, ctx, x, in_shape, out_shape) -> list:
         d = self.d
-        old = [i for i, s in enumerate(in_shape) if s != 1]
-        new = [j for j, s in enumerate(out_shape) if s != 1]
         out: list = [None] * len(out_shape)
-        i = j = 0
-        while i < len(old):
-            go, gn = [old[i]], [new[j]]
-            po, pn = in_shape[old[i]], out_shape[new[j]]
-            i, j = i + 1, j + 1
-            while po != pn:
-                if po < pn:
-                    go.append(old[i])
-                    po *= in_shape[old[i]]
-                    i += 1
-                else:
-                    gn.append(new[j])
-                    pn *= out_shape[new[j]]
-                    j += 1
+        for go, gn in mg.reshape_groups(in_shape, out_shape):
             factors = [a for o in go for a in d.atoms(x[o])]
             runs = _align([d.size[a] for a in factors], [out_shape[n] for n in gn])
             if runs is not None:
@@ -517,6 +496,17 @@ class _Coupler(mg.Visitor):
             out[dn.out_spec[1]] = d.new(shape[dn.out_spec[1]], (ctx.path, "out", 0, -1), why)
             out[dn.out_spec[0]] = x[dn.lhs_spec[0]]
         return out
+
+
+def _block_repeated(dims: _Dims, dim_list, reason: str) -> None:
+    """Blocks every group that occurs more than once among the dimensions of one array."""
+    seen: dict[int, int] = {}
+    for dd in dim_list:
+        for a in dims.atoms(dd):
+            seen[a] = seen.get(a, 0) + 1
+    for a, c in seen.items():
+        if c > 1:
+            dims.block(a, reason)
 
 
 def _align(sizes: list[int], targets: list[int]) -> list[tuple[int, int]] | None:
@@ -1076,14 +1066,8 @@ def shrink(
                 coupler.consumers.setdefault(f.vid, set()).add(("out",))
             if f.src is not None:
                 coupler.leaf_uses.setdefault(f.src, set()).add(("out",))
-    for ds in param_dims:  # the same group twice in one parameter
-        seen: dict[int, int] = {}
-        for dd in ds:
-            for a in dims.atoms(dd):
-                seen[a] = seen.get(a, 0) + 1
-        for a, c in seen.items():
-            if c > 1:
-                dims.block(a, "the same channel axis appears twice in one parameter")
+    for ds in param_dims:
+        _block_repeated(dims, ds, "the same channel axis appears twice in one parameter")
     dims.finalize()
 
     # Members of every group: (leaf, axis, factor position, factor sizes).
