@@ -462,14 +462,86 @@ def _histogram_threshold(
     return jnp.where(m > 0, below * m, jnp.float32(0.0))
 
 
-def _first_count_reaching(n: int, sparsity: jax.Array, token: jax.Array) -> jax.Array:
+def thresholds_and_masks_each(
+    weights: list[jax.Array],
+    sparsities: list[jax.Array],
+    thresholds: list[jax.Array],
+    hparams: PruningHParams,
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """TF's element-wise ``(threshold, mask)`` of several weights, in ONE selection loop.
+
+    Each weight gets exactly what :func:`weight_mask` gives it on its own with 1x1 blocks
+    (exact or histogram method, ``threshold_decay`` smoothing, NaN never kept), but the
+    k-th largest magnitudes of all of them are found by one vectorised selection
+    (:func:`select.kth_largest_each`): a model with many distinct kernel shapes compiles one
+    selection loop instead of one per shape.
+
+    Args:
+      weights: floating weights of any shapes (ranked by ``where(isnan(w), 0, |w|)``).
+      sparsities: one scalar sparsity per weight.
+      thresholds: one previous threshold per weight (for ``threshold_decay``).
+      hparams: the hyperparameters (threshold method, nbins, decay).
+
+    Returns:
+      ``(thresholds, masks)``, lists aligned with ``weights``.
+    """
+    sizes = np.array([int(w.size) for w in weights], np.int64)
+    s = jnp.stack([sanitize_sparsity(x) for x in sparsities])
+    if hparams.threshold_method == "histogram":
+        current = _histogram_thresholds_each(weights, s, sizes, hparams.nbins)
+    else:
+        keep = jnp.asarray(sizes.astype(np.float32)) * (jnp.float32(1.0) - s)
+        ks = jnp.clip(jnp.round(keep), 1, jnp.asarray(sizes.astype(np.float32)))
+        current = select.kth_largest_each(weights, ks.astype(jnp.int32), magnitude=True)
+    previous = jnp.stack([jnp.asarray(t, jnp.float32) for t in thresholds])
+    smoothed = _smooth(current, previous, hparams.threshold_decay)
+    strict = hparams.threshold_method == "histogram"
+    masks = [
+        _compare_magnitudes(w, smoothed[i], strict=strict) & ~jnp.isnan(w)
+        for i, w in enumerate(weights)
+    ]
+    return list(smoothed), masks
+
+
+def _histogram_thresholds_each(
+    weights: list[jax.Array], sparsity: jax.Array, sizes: np.ndarray, nbins: int
+) -> jax.Array:
+    """:func:`_histogram_threshold` (``magnitude=True``) of each weight, vectorised."""
+    n = jnp.asarray(sizes.astype(np.int32))
+    token = jax.lax.bitcast_convert_type(sparsity, jnp.int32)
+    k_cut = _first_count_reaching(sizes, sparsity, token)
+    value, top = select.kth_largest_each_and_max(weights, n + 1 - k_cut, magnitude=True)
+    value, top = value.astype(jnp.float32), top.astype(jnp.float32)
+    # The histogram spans [0, largest finite magnitude]: with an Inf, one more pass finds it.
+    m = jax.lax.cond(
+        jnp.all(jnp.isfinite(top)),
+        lambda ws: top,
+        lambda ws: jnp.where(
+            jnp.isfinite(top),
+            top,
+            jnp.stack([select.largest_finite(w, magnitude=True) for w in ws]).astype(jnp.float32),
+        ),
+        weights,
+    )
+    safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
+    token = jax.lax.bitcast_convert_type(m, jnp.int32)
+    below = jnp.where(
+        k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
+    ).astype(jnp.float32)
+    below = below / floatops.rounded(jnp.float32(nbins), token=token)  # true division
+    return jnp.where(m > 0, below * m, jnp.float32(0.0))
+
+
+def _first_count_reaching(n: int | np.ndarray, sparsity: jax.Array, token: jax.Array) -> jax.Array:
     """The smallest integer ``c`` in ``[0, n]`` with ``not (float32(c) / n < sparsity)``.
 
     Evaluates the cdf test exactly as :func:`_cdf` and ``cdf < sparsity`` do (float32
-    conversion, true division); both are monotone in ``c``, so a scalar binary search
-    finds the cut. Returns ``n + 1`` if no count reaches ``sparsity``.
+    conversion, true division); both are monotone in ``c``, so a binary search finds the
+    cut. Returns ``n + 1`` if no count reaches ``sparsity``. ``n`` may be a vector of
+    sizes (with ``sparsity`` and ``token`` alike): one search per entry, in one loop.
     """
-    den = floatops.rounded(jnp.float32(n), token=token)
+    n_arr = np.asarray(n)
+    den = floatops.rounded(jnp.asarray(n_arr.astype(np.float32)), token=token)
 
     def below(c):
         return c.astype(jnp.float32) / den < sparsity
@@ -477,10 +549,15 @@ def _first_count_reaching(n: int, sparsity: jax.Array, token: jax.Array) -> jax.
     def body(state):
         lo, hi = state
         mid = lo + (hi - lo) // 2
+        active = lo < hi
         go_up = below(mid)
-        return jnp.where(go_up, mid + 1, lo), jnp.where(go_up, hi, mid)
+        return jnp.where(active & go_up, mid + 1, lo), jnp.where(active & ~go_up, mid, hi)
 
-    lo, _ = jax.lax.while_loop(lambda st: st[0] < st[1], body, (jnp.int32(0), jnp.int32(n + 1)))
+    start = (
+        jnp.zeros(n_arr.shape, jnp.int32),
+        jnp.asarray((n_arr + 1).astype(np.int32)),
+    )
+    lo, _ = jax.lax.while_loop(lambda st: jnp.any(st[0] < st[1]), body, start)
     return lo
 
 

@@ -27,13 +27,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["bin_counts", "kth_largest", "kth_largest_and_max", "largest_finite"]
+__all__ = [
+    "bin_counts",
+    "kth_largest",
+    "kth_largest_and_max",
+    "kth_largest_each",
+    "kth_largest_each_and_max",
+    "largest_finite",
+]
 
 # Pivots per counting pass. XLA:CPU keeps a variadic reduce of up to ~16 outputs in registers;
 # 9 pivots (+ min + max) cost about 2.5 read passes on a 2-core CPU.
 _NUM_PIVOTS = 9
 # Number of elements in the strided sample used to place the first pass's pivots.
 _SAMPLE_SIZE = 4096
+# Row length of the packed keys of many small arrays (kth_largest_each).
+_PACKED_ROW = 128
 # Preferred row length when the data is viewed as [rows, cols] for row-wise reductions.
 _ROW = 1024
 # Offsets (in standard deviations of the sampled rank) of the sample-based pivots.
@@ -180,95 +189,269 @@ def _select(
     The largest value (NaN excluded, Inf included) comes free from the first pass.
     """
     several = isinstance(values, (list, tuple))
-    arrays = [jnp.asarray(v) for v in (values if several else [values])]
+    item = list(values) if several else [values]
+    value, passes, top = _select_items([item], jnp.reshape(jnp.asarray(k), (1,)), magnitude)
+    return value[0], passes, top[0]
+
+
+def kth_largest_each(
+    values: Sequence[jax.Array], ks: jax.typing.ArrayLike, *, magnitude: bool = False
+) -> jax.Array:
+    """``[kth_largest(v, k) for v, k in zip(values, ks)]`` in ONE selection loop.
+
+    Meant for many small arrays (a model's small kernels): their keys are packed into one
+    ``[rows, 128]`` buffer (a copy of their size; each row belongs to one array, padded at
+    the array's end) and every counting pass is one segmented reduction over it, with each
+    array's own rank ``k`` and bracket. One loop and one reduction to compile, whatever the
+    number of arrays and shapes, instead of one selection per shape.
+
+    Args:
+      values: a non-empty list of non-empty floating arrays of any shapes (see
+        :func:`kth_largest`).
+      ks: integer ranks, one per array (a sequence or an int32 vector; may be traced).
+      magnitude: rank ``where(isnan(v), 0, |v|)`` (see :func:`kth_largest`).
+
+    Returns:
+      A vector with one k-th largest value per array (float64 if any input is float64).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> kth_largest_each([jnp.array([3.0, 1.0, 2.0]), jnp.arange(10.0)], jnp.array([1, 4]))
+      Array([3., 6.], dtype=float32)
+    """
+    return kth_largest_each_and_max(values, ks, magnitude=magnitude)[0]
+
+
+def kth_largest_each_and_max(
+    values: Sequence[jax.Array], ks: jax.typing.ArrayLike, *, magnitude: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """``(kth_largest_each(values, ks), largest value of each array)``, in one loop."""
+    arrays = [jnp.asarray(v) for v in values]
+    if not arrays:
+        raise ValueError("kth_largest_each needs at least one array")
+    ks = jnp.asarray(ks)
+    if ks.shape != (len(arrays),):
+        raise ValueError(f"kth_largest_each: {len(arrays)} arrays but ks of shape {ks.shape}")
+    fdtype, idtype = _search_dtypes(arrays)
+    sizes = [int(v.size) for v in arrays]
+    if min(sizes) == 0:
+        raise ValueError("kth_largest of an empty array")
+    # Each array's keys, flattened and padded with -1 (below every pivot: never counted, and
+    # -1 is the "max key below hi" reduction's own initial value) to whole rows.
+    rows = [-(-n // _PACKED_ROW) for n in sizes]
+    packed = jnp.concatenate(
+        [
+            jnp.pad(
+                _keys(v.reshape(-1), fdtype, idtype, magnitude),
+                (0, r * _PACKED_ROW - n),
+                constant_values=idtype.type(-1),
+            )
+            for v, n, r in zip(arrays, sizes, rows, strict=True)
+        ]
+    ).reshape(-1, _PACKED_ROW)
+    row_item = jnp.asarray(np.repeat(np.arange(len(arrays), dtype=np.int32), rows))
+    num = len(arrays)
+    big = np.iinfo(idtype).max
+
+    def counter(pivots, lo, hi, it):
+        data, _ = lax.optimization_barrier((packed, it))
+        row_pivots, row_lo, row_hi = pivots[row_item], lo[row_item], hi[row_item]
+        operands = tuple(
+            (data >= row_pivots[:, i : i + 1]).astype(jnp.int32) for i in range(pivots.shape[1])
+        )
+        operands += (
+            jnp.where(data >= row_lo[:, None], data, big),
+            jnp.where(data < row_hi[:, None], data, idtype.type(-1)),
+        )
+        p = pivots.shape[1]
+        inits = (np.int32(0),) * p + (idtype.type(big), idtype.type(-1))
+
+        def combine(a, b):
+            sums = tuple(a[i] + b[i] for i in range(p))
+            return (*sums, jnp.minimum(a[p], b[p]), jnp.maximum(a[p + 1], b[p + 1]))
+
+        out = lax.reduce(operands, inits, combine, (1,))
+        seg = dict(segment_ids=row_item, num_segments=num, indices_are_sorted=True)
+        counts = jax.ops.segment_sum(jnp.stack(out[:p], axis=1), **seg)
+        return counts, jax.ops.segment_min(out[p], **seg), jax.ops.segment_max(out[p + 1], **seg)
+
+    # No sample: a strided sample per array would add ops per array (compile time); the
+    # first pass places its pivots by interpolation over the whole key range instead.
+    value, _, top = _search(counter, None, sizes, ks, fdtype, idtype)
+    return value, top
+
+
+def _search_dtypes(arrays: Sequence[jax.Array]) -> tuple[np.dtype, np.dtype]:
     for v in arrays:
         if not jnp.issubdtype(v.dtype, jnp.floating):
             raise TypeError(f"kth_largest expects a floating array, got {v.dtype}")
     wide = any(v.dtype == jnp.float64 for v in arrays)
-    fdtype, idtype = _key_dtypes(jnp.dtype(jnp.float64) if wide else arrays[0].dtype)
-    arrays = [v for v in arrays if v.size]
-    n = sum(int(v.size) for v in arrays)
-    if n == 0:
+    return _key_dtypes(jnp.dtype(jnp.float64) if wide else arrays[0].dtype)
+
+
+def _select_items(
+    items: Sequence[Sequence[jax.Array]], ks: jax.Array, magnitude: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``len(items)`` k-th largest values, each over a list of arrays ranked together.
+
+    Item ``i`` is ranked as if its arrays were concatenated (a global threshold), at rank
+    ``ks[i]``; each counting pass reads every array in place. Returns (values, number of
+    passes, largest value of each item).
+    """
+    fdtype, idtype = _search_dtypes([jnp.asarray(v) for item in items for v in item])
+    items = [[jnp.asarray(v) for v in item if v.size] for item in items]
+    sizes = [sum(int(v.size) for v in item) for item in items]
+    if min(sizes) == 0:
         raise ValueError("kth_largest of an empty array")
-    views = [_rows_view(v) for v in arrays]
-    parts = [part for view in views for part in view]
-    # Several arrays (a global threshold): each is sampled in proportion to its size.
-    sizes = (
-        [_SAMPLE_SIZE]
-        if len(views) == 1
-        else [max(16, _SAMPLE_SIZE * int(v.size) // n) for v in arrays]
-    )
-    sample_keys = jnp.concatenate(
-        [
-            _keys(_sample(view, size), fdtype, idtype, magnitude)
-            for view, size in zip(views, sizes, strict=True)
+    views = [[_rows_view(v) for v in item] for item in items]
+    parts = [[part for view in item_views for part in view] for item_views in views]
+
+    def counter(pivots, lo, hi, it):
+        # The barrier keeps XLA from hoisting the (loop-invariant) key computation out of the
+        # loop, which would materialise a full-size copy of the data.
+        # Tying the data to the loop counter makes the barrier itself loop-variant.
+        data, _ = lax.optimization_barrier((tuple(tuple(p) for p in parts), it))
+        passes = [
+            _count_pass(data[i], pivots[i], lo[i], hi[i], fdtype, idtype, magnitude)
+            for i in range(len(items))
         ]
-    )
-    kk = jnp.clip(jnp.asarray(k).astype(jnp.int32), 1, n)
+        return (
+            jnp.stack([c for c, _, _ in passes]),
+            jnp.stack([m for _, m, _ in passes]),
+            jnp.stack([m for _, _, m in passes]),
+        )
+
+    # Several arrays in one item (a global threshold): each is sampled in proportion to its size.
+    samples = []
+    for item, item_views, n in zip(items, views, sizes, strict=True):
+        lengths = (
+            [_SAMPLE_SIZE]
+            if len(item) == 1
+            else [max(16, _SAMPLE_SIZE * int(v.size) // n) for v in item]
+        )
+        samples.append(
+            jnp.concatenate(
+                [
+                    _keys(_sample(view, length), fdtype, idtype, magnitude)
+                    for view, length in zip(item_views, lengths, strict=True)
+                ]
+            )
+        )
+    return _search(counter, samples, sizes, ks, fdtype, idtype)
+
+
+def _search(
+    counter, samples: list[jax.Array] | None, sizes: list[int], ks: jax.Array, fdtype, idtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The counting-pass search of ``len(sizes)`` independent k-th largest keys, one loop.
+
+    ``counter(pivots [L, P], lo [L], hi [L], it)`` makes one counting pass: per item, the
+    counts of keys >= each pivot, the smallest key >= lo and the largest key < hi. The loop
+    state holds one bracket per item and runs until every item's answer is found. The first
+    pass's pivots come from each item's strided sample of keys, or, with ``samples=None``,
+    from interpolation over the whole key range.
+    """
+    num = len(sizes)
+    kk = jnp.clip(ks.astype(jnp.int32), 1, jnp.asarray(np.array(sizes, np.int32)))
 
     # Bracket invariant: count(key >= lo) = c_lo >= k > c_hi = count(key >= hi), so the answer's
     # key lies in [lo, hi). Done when hi == lo + 1.
     inf_key = int(_inf_key(fdtype, idtype))
     lo0, hi0 = idtype.type(0), idtype.type(inf_key + 1)
-
-    # First-pass pivots: quantiles of a sorted strided sample around the expected rank.
-    sample = jnp.sort(sample_keys)
-    s = sample.shape[0]
-    frac = (n - kk.astype(jnp.float32) + 0.5) / n  # ascending quantile of the answer
-    centre = frac * s - 0.5
-    sigma = jnp.sqrt(s * frac * (1.0 - frac)) + 1.0
-    idx = [
-        jnp.clip(jnp.round(centre + t * sigma), 0, s - 1).astype(jnp.int32) for t in _SAMPLE_OFFSETS
-    ]
-    first = [jnp.clip(sample[i], 0, hi0) for i in idx]
-    first.append(jnp.clip(sample[idx[len(idx) // 2]] + 1, 0, hi0))  # resolves ties at once
-    first.append(lo0)  # count(key >= 0) < k only if negative inputs (e.g. -0.0) are selected
-    first_pivots = jnp.stack(first)
+    start = (
+        jnp.full((num,), lo0, idtype),
+        jnp.full((num,), hi0, idtype),
+        jnp.asarray(np.array(sizes, np.int32)),
+        jnp.zeros((num,), jnp.int32),
+    )
 
     def interp_pivots(lo, hi, c_lo, c_hi):
+        lo, hi = lo[:, None], hi[:, None]
         width = (hi - lo).astype(jnp.float32)
-        m = (c_lo - c_hi).astype(jnp.float32)
-        f = ((c_lo - kk).astype(jnp.float32) + 0.5) / m  # ascending position inside bracket
+        m = (c_lo - c_hi).astype(jnp.float32)[:, None]
+        f = ((c_lo - kk).astype(jnp.float32)[:, None] + 0.5) / m  # position inside bracket
         sd = (jnp.sqrt(m * f * (1.0 - f)) + 1.0) / m
-        pts = [jnp.clip(f + t * sd, 0.0, 1.0) for t in _INTERP_OFFSETS] + [1.0 / 3.0, 2.0 / 3.0]
-        out = [lo + jnp.floor(p * width).astype(idtype) for p in pts]
-        out += [lo + 1, hi - 1]  # lo + 1 also guarantees progress when hi - lo == 2
-        interp = jnp.clip(jnp.stack(out), lo + 1, hi - 1)
+        offsets = jnp.asarray(np.array(_INTERP_OFFSETS, np.float32))
+        pts = jnp.concatenate(
+            [
+                jnp.clip(f + offsets * sd, 0.0, 1.0),
+                jnp.broadcast_to(jnp.asarray([1.0 / 3.0, 2.0 / 3.0], jnp.float32), (num, 2)),
+            ],
+            axis=1,
+        )
+        out = jnp.concatenate([lo + jnp.floor(pts * width).astype(idtype), lo + 1, hi - 1], axis=1)
+        interp = jnp.clip(out, lo + 1, hi - 1)
         # A narrow bracket is finished off by trying every key in it.
         every = jnp.minimum(lo + 1 + jnp.arange(_NUM_PIVOTS, dtype=idtype), hi - 1)
         return jnp.where(hi - lo <= _NUM_PIVOTS + 1, every, interp)
 
+    if samples is None:
+        first = interp_pivots(*start)
+    else:
+        first = _sample_pivots(samples, sizes, kk, hi0, idtype)
+    # count(key >= 0) < k only if negative inputs (e.g. -0.0) are selected: the last pivot.
+    first_pivots = first.at[:, -1].set(lo0)
+
     def cond(state):
         lo, hi = state[0], state[1]
-        return hi - lo > 1
+        return jnp.any(hi - lo > 1)
 
     def body(state):
         lo, hi, c_lo, c_hi, it, top = state
         pivots = jnp.where(it == 0, first_pivots, interp_pivots(lo, hi, c_lo, c_hi))
-        # The barrier keeps XLA from hoisting the (loop-invariant) key computation out of the
-        # loop, which would materialise a full-size copy of the data.
-        # Tying the data to the loop counter makes the barrier itself loop-variant.
-        data, _ = lax.optimization_barrier((tuple(parts), it))
-        counts, mn, mx = _count_pass(data, pivots, lo, hi, fdtype, idtype, magnitude)
-        ge = counts >= kk
-        new_lo = jnp.maximum(lo, jnp.max(jnp.where(ge, pivots, lo)))
-        new_c_lo = jnp.minimum(c_lo, jnp.min(jnp.where(ge, counts, c_lo)))
-        new_hi = jnp.minimum(hi, jnp.min(jnp.where(ge, hi, pivots)))
-        new_c_hi = jnp.maximum(c_hi, jnp.max(jnp.where(ge, c_hi, counts)))
+        counts, mn, mx = counter(pivots, lo, hi, it)
+        ge = counts >= kk[:, None]
+        new_lo = jnp.maximum(lo, jnp.max(jnp.where(ge, pivots, lo[:, None]), axis=1))
+        new_c_lo = jnp.minimum(c_lo, jnp.min(jnp.where(ge, counts, c_lo[:, None]), axis=1))
+        new_hi = jnp.minimum(hi, jnp.min(jnp.where(ge, hi[:, None], pivots), axis=1))
+        new_c_hi = jnp.maximum(c_hi, jnp.max(jnp.where(ge, c_hi[:, None], counts), axis=1))
         # No key lies in [lo, mn) or (mx, hi): shrink to the data actually inside the bracket.
         new_lo = jnp.maximum(new_lo, mn)
         new_hi = jnp.maximum(jnp.minimum(new_hi, mx + 1), new_lo + 1)
         # The k-th largest is negative (only -0.0 is plausible): report +0.0.
-        negative = (it == 0) & (counts[-1] < kk)
+        negative = (it == 0) & (counts[:, -1] < kk)
         new_lo = jnp.where(negative, lo0, new_lo)
         new_hi = jnp.where(negative, lo0 + 1, new_hi)
+        # Items already found keep their bracket (they are still counted until all are done).
+        done = hi - lo <= 1
+        new_lo, new_hi = jnp.where(done, lo, new_lo), jnp.where(done, hi, new_hi)
+        new_c_lo = jnp.where(done, c_lo, new_c_lo)
+        new_c_hi = jnp.where(done, c_hi, new_c_hi)
         # The first pass sees every key below Inf's + 1: its max is the largest value.
         top = jnp.where(it == 0, mx, top)
         return new_lo, new_hi, new_c_lo, new_c_hi, it + 1, top
 
-    state = (lo0, hi0, jnp.int32(n), jnp.int32(0), jnp.int32(0), idtype.type(-1))
+    state = (*start, jnp.int32(0), jnp.full((num,), -1, idtype))
     lo, _, _, _, passes, top = lax.while_loop(cond, body, state)
     return lax.bitcast_convert_type(lo, fdtype), passes, lax.bitcast_convert_type(top, fdtype)
+
+
+def _sample_pivots(
+    samples: list[jax.Array], sizes: list[int], kk: jax.Array, hi0, idtype
+) -> jax.Array:
+    """First-pass pivots: quantiles of each item's sorted sample around the expected rank.
+
+    The samples of all items are padded to one length with the largest key and sorted
+    together (one sort). The last column is a placeholder (the caller sets it).
+    """
+    s_len = max(int(s.shape[0]) for s in samples)
+    big = np.iinfo(idtype).max
+    sample = jnp.sort(
+        jnp.stack([jnp.pad(s, (0, s_len - s.shape[0]), constant_values=big) for s in samples]),
+        axis=1,
+    )
+    s_num = jnp.asarray(np.array([s.shape[0] for s in samples], np.float32))
+    n_f = jnp.asarray(np.array(sizes, np.float32))
+    frac = (n_f - kk.astype(jnp.float32) + 0.5) / n_f  # ascending quantile of the answer
+    centre = frac * s_num - 0.5
+    sigma = jnp.sqrt(s_num * frac * (1.0 - frac)) + 1.0
+    idx = jnp.stack(
+        [jnp.clip(jnp.round(centre + t * sigma), 0, s_num - 1) for t in _SAMPLE_OFFSETS], axis=1
+    ).astype(jnp.int32)
+    picked = jnp.clip(jnp.take_along_axis(sample, idx, axis=1), 0, hi0)
+    middle = picked[:, len(_SAMPLE_OFFSETS) // 2]
+    ties = jnp.clip(middle + 1, 0, hi0)[:, None]  # resolves ties at once
+    return jnp.concatenate([picked, ties, jnp.zeros_like(ties)], axis=1)
 
 
 def largest_finite(values: jax.Array, *, magnitude: bool = False) -> jax.Array:

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from jaxprune._src import allocation, structure
+from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.hparams import PruningHParams, as_hparams
 from jaxprune._src.schedule import sanitize_sparsity as _sanitize_sparsity
@@ -287,6 +288,10 @@ class _Pruner:
         elif len(weights) == 1:
             t, m = allocation.leaf_mask(weights[0], sparsities[0], thresholds[0], rule, hp)
             new_t, new_m = [t], [m]
+        elif _elementwise(rule, weights[0].shape):
+            # TF's per-weight thresholds of leaves of any shapes, in one selection loop: one
+            # loop to compile instead of one per kernel shape. Same results leaf by leaf.
+            new_t, new_m = masks_lib.thresholds_and_masks_each(weights, sparsities, thresholds, hp)
         else:
             # Same-shaped small leaves with the same rule share one (vmapped) mask computation:
             # one selection loop to compile instead of one per leaf. Same results leaf by leaf.
@@ -424,24 +429,38 @@ def _pruned_not_zero(params, old_thresholds, old_sparsities) -> jax.Array:
     (donated, updated in place) masks on every step; full-size reductions over the params
     added a temporary buffer.
     """
-    flags = []
-    for p, t, s in zip(params, old_thresholds, old_sparsities, strict=True):
-        p = _sample(p)
-        n = jnp.float32(p.size)
-        key = jax.lax.bitcast_convert_type(p.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
-        no_zero = jnp.min(key) > 0  # NaN counts as nonzero, a denormal flushed as zero
-        below = jnp.sum((key < jax.lax.bitcast_convert_type(t, jnp.int32)) & (key > 0))
-        below = below.astype(jnp.float32)
-        expected = s * n  # weights of the sample the previous update pruned (about)
-        # Weights that all tie (the previous update then pruned nothing) and drift together
-        # fall below the old threshold all at once; kept weights mostly stay above it.
-        flags.append(
-            (expected >= _MIN_EXPECTED)
-            & no_zero
-            & (below >= 0.5 * expected)
-            & (n - below >= 0.5 * (n - expected))
-        )
-    return jnp.stack(flags)
+    # The samples of all leaves, as keys, padded with the largest key (never below a
+    # threshold, never the minimum): one fusion for the group, not one per leaf.
+    samples = [_sample(p) for p in params]
+    sizes = np.array([x.size for x in samples], np.float32)
+    width = int(sizes.max())
+    big = np.int32(np.iinfo(np.int32).max)
+    keys = jnp.stack(
+        [
+            jnp.pad(
+                jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32).reshape(-1)
+                & 0x7FFFFFFF,
+                (0, width - x.size),
+                constant_values=big,
+            )
+            for x in samples
+        ]
+    )
+    t = jax.lax.bitcast_convert_type(
+        jnp.stack([jnp.asarray(x, jnp.float32) for x in old_thresholds]), jnp.int32
+    )
+    n = jnp.asarray(sizes)
+    no_zero = jnp.min(keys, axis=1) > 0  # NaN counts as nonzero, a denormal flushed as zero
+    below = jnp.sum((keys < t[:, None]) & (keys > 0), axis=1).astype(jnp.float32)
+    expected = jnp.stack([jnp.asarray(x, jnp.float32) for x in old_sparsities]) * n
+    # Weights that all tie (the previous update then pruned nothing) and drift together
+    # fall below the old threshold all at once; kept weights mostly stay above it.
+    return (
+        (expected >= _MIN_EXPECTED)
+        & no_zero
+        & (below >= 0.5 * expected)
+        & (n - below >= 0.5 * (n - expected))
+    )
 
 
 # At most about _SAMPLE_SIDE**2 entries of each leaf are looked at.
@@ -528,15 +547,29 @@ def _keep(operands, passing):
 
 # Same-shaped leaves are masked in one batch of at most this many elements in all.
 _BATCH_MAX_ELEMENTS = 1 << 20
+# Element-wise (TF layer) leaves of any shapes share one selection loop (and cond), up to this
+# many elements in all: a cond's operands (``params + updates``) are live together on every
+# step, so a large leaf keeps its own cond (XLA then materialises one update at a time).
+_EACH_MAX_ELEMENTS = 1 << 20
+
+
+def _elementwise(rule: allocation.LeafRule, shape: tuple[int, ...]) -> bool:
+    """Whether the leaf gets TF's element-wise per-weight threshold (no blocks, no structure)."""
+    kind = rule.structure
+    if rule.scope != "layer" or not isinstance(kind, structure.Unstructured):
+        return False
+    return tuple(kind.block_dims) == (1, 1) or len([d for d in shape if d != 1]) != 2
 
 
 def _batches(idx: list[int], leaves: list[Any], plans: list[Any]) -> list[list[int]]:
-    """Groups pruned leaves into batches that share one vmapped mask computation.
+    """Groups pruned leaves into batches that share one mask computation (and one cond).
 
-    A batch holds leaves of one shape, dtype and rule (structure and scope), at
-    most ``_BATCH_MAX_ELEMENTS`` elements in all (a larger leaf, or one sharded
-    over explicit mesh axes, is a batch of its own). The weights of a global
-    scope form one batch: they share one threshold.
+    Leaves with TF's element-wise per-weight rule (see :func:`_elementwise`) of any shapes
+    share one vectorised selection loop, at most ``_EACH_MAX_ELEMENTS`` elements in all.
+    Other rules (N:M, channel, output scope, blocks) batch leaves of one shape, dtype and
+    rule into one vmapped computation, at most ``_BATCH_MAX_ELEMENTS`` elements in all. A
+    larger leaf, or one sharded over explicit mesh axes, is a batch of its own. The weights
+    of a global scope form one batch: they share one threshold.
     """
     groups: dict[Any, list[list[int]]] = {}
     pool = [i for i in idx if plans[i].rule.scope == "global"]
@@ -547,9 +580,17 @@ def _batches(idx: list[int], leaves: list[Any], plans: list[Any]) -> list[list[i
         sharding = getattr(jax.typeof(w), "sharding", None)
         explicit = sharding is not None and bool(getattr(sharding.mesh, "explicit_axes", ()))
         rule = plans[i].rule
-        key = ("single", i) if explicit else (w.shape, w.dtype, rule.structure, rule.scope)
+        if explicit:
+            key: Any = ("single", i)
+        elif _elementwise(rule, w.shape):
+            # Any shapes: one selection loop over the leaves (no stacked copy).
+            key = ("each", jnp.dtype(w.dtype) == jnp.float64)
+        else:
+            key = (w.shape, w.dtype, rule.structure, rule.scope)
+        limit = _EACH_MAX_ELEMENTS if key[0] == "each" else _BATCH_MAX_ELEMENTS
         batches = groups.setdefault(key, [[]])
-        if batches[-1] and (len(batches[-1]) + 1) * w.size > _BATCH_MAX_ELEMENTS:
+        size = sum(leaves[j].size for j in batches[-1])
+        if batches[-1] and size + w.size > limit:
             batches.append([])
         batches[-1].append(i)
     return [batch for batches in groups.values() for batch in batches] + ([pool] if pool else [])
