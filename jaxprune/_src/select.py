@@ -5,12 +5,13 @@ position ``k``, without sorting. It works on the integer bit patterns of the (no
 magnitudes, whose order equals the order of the values, and narrows an interval of bit patterns
 known to contain the answer with a few *counting passes*. Each pass reads the data once and counts,
 for a handful of pivots at once, how many elements are ``>=`` each pivot (plus the smallest and
-largest element inside the current interval). Pivots come from a small strided sample in the first
-pass and from interpolation inside the current interval afterwards, so a typical input needs only
-3-5 passes; two evenly spaced pivots per pass guarantee that the interval shrinks at least
+largest element between the two pivots nearest the expected answer, which snaps the interval to
+the data actually in it). Pivots come from a small strided sample in the first pass and from
+interpolation (in value space) inside the current interval afterwards, so a typical input needs
+only 3-4 passes; two evenly spaced pivots per pass guarantee that the interval shrinks at least
 threefold per pass, so any input finishes in a bounded number of passes.
 
-Why counting passes: they are reductions (sums/mins/maxes), which fuse into one multi-output
+Why counting passes: they are reductions (sums/mins), which fuse into one multi-output
 ("variadic") reduce on XLA:CPU, vectorize, never materialise a copy of the data, and partition
 across devices under GSPMD into local reductions plus an all-reduce of a few scalars. A histogram
 pass (``bincount``, a scatter-add) is several times slower on CPU, and sorting or compacting
