@@ -13,12 +13,20 @@ sparsity, warm-up, median of repeats):
 Checks that exact's threshold and mask equal the sort-based ones bit for bit (np.partition
 where the sort is skipped), and that hist equals hist_scatter.
 
+Then, for a 4096x4096 weight at sparsity 0.5 and 0.9, the goal figures of issue 13 as ratios
+to one read pass timed alongside: ``read`` (``sum(|w|)``), ``threshold`` (the exact threshold
+alone), ``exact`` and ``histogram`` ``weight_mask``. Each round times every subject once (plus
+a warm call), in an order that alternates each round, and divides by that round's read;
+medians and min-max over the rounds are printed, with the number of counting passes.
+
 Usage: python benchmarks/mask_cost.py [--sizes 1M,4M,16M,67M] [--repeats 7]
+       python benchmarks/mask_cost.py --ratios-only [--rounds 9] [--clock cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from functools import partial
 
 import jax
@@ -127,15 +135,87 @@ def row_line(r: dict) -> str:
     )
 
 
+@jax.jit
+def threshold_fn(w, s):
+    k = masks_lib.num_kept(w.size, s)
+    return select._select(w, k, magnitude=True)
+
+
+RATIO_SUBJECTS = {
+    "threshold": lambda w, s: threshold_fn(w, s)[0],
+    "exact": lambda w, s: mask_fn(w, s, "exact"),
+    "histogram": lambda w, s: mask_fn(w, s, "histogram"),
+}
+
+
+def read_ratios(rounds: int = 9, clock: str = "wall", shape=(4096, 4096)) -> list[dict]:
+    """Issue 13's goal 1: each subject as a ratio to a read pass timed in the same round."""
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    w = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+    a = np.abs(np.asarray(w)).ravel()
+    out = []
+    print(
+        f"\n{shape[0]}x{shape[1]} float32, ratios to the read pass `sum(|w|)` of the same round "
+        f"({clock} clock, {rounds} rounds: median [min-max])\n"
+    )
+    print("| sparsity | passes | read ms | threshold | exact weight_mask | histogram weight_mask |")
+    print("|---|---|---|---|---|---|")
+    for sparsity in (0.5, 0.9):
+        s = jnp.float32(sparsity)
+        subjects = {"read": lambda w, s: read_fn(w), **RATIO_SUBJECTS}
+        for fn in subjects.values():
+            jax.block_until_ready(fn(w, s))
+        # Exact results: the k-th largest |w| by np.partition, and the mask from it.
+        k = int(masks_lib.num_kept(a.size, s))
+        ref = np.partition(a, a.size - k)[a.size - k]
+        value, passes, _ = threshold_fn(w, s)
+        thr, mask = mask_fn(w, s, "exact")
+        if np.asarray(value).tobytes() != ref.tobytes() or float(thr) != float(ref):
+            raise SystemExit(f"MISMATCH at sparsity {sparsity}: {value} vs {ref}")
+        if int(np.asarray(mask).sum()) != int(np.sum(a >= ref)):
+            raise SystemExit(f"MASK MISMATCH at sparsity {sparsity}")
+        times = {name: [] for name in subjects}
+        names = list(subjects)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                t0 = timer()
+                jax.block_until_ready(subjects[name](w, s))
+                times[name].append(timer() - t0)
+        read = np.asarray(times["read"])
+        row = dict(sparsity=sparsity, passes=int(passes), read_ms=float(np.median(read)) * 1e3)
+        cells = []
+        for name in RATIO_SUBJECTS:
+            q = np.asarray(times[name]) / read
+            row[name] = (float(np.median(q)), float(q.min()), float(q.max()))
+            row[name + "_ms"] = float(np.median(times[name])) * 1e3
+            cells.append(
+                f"{row[name + '_ms']:.1f} ms = **{np.median(q):.1f}x** "
+                f"[{q.min():.1f}-{q.max():.1f}]"
+            )
+        print(
+            f"| {sparsity} | {row['passes']} | {row['read_ms']:.2f} | " + " | ".join(cells) + " |",
+            flush=True,
+        )
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,4M,16M,67M")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of the read-ratio table")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--ratios-only", action="store_true")
     args = parser.parse_args(argv)
     print(machine())
-    print(HEADER)
-    rows = measure(args.sizes.split(","), args.repeats)
-    print("exact == sort-based threshold and mask, histogram == scatter histogram: verified.")
+    rows = []
+    if not args.ratios_only:
+        print(HEADER)
+        rows = measure(args.sizes.split(","), args.repeats)
+        print("exact == sort-based threshold and mask, histogram == scatter histogram: verified.")
+    read_ratios(args.rounds, args.clock)
+    print("exact threshold and mask == np.partition's: verified.")
     return rows
 
 

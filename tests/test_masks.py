@@ -382,3 +382,45 @@ def test_weight_mask_does_not_mutate_input():
 def test_weight_mask_rejects_integer_weights():
     with pytest.raises(ValueError, match="int32"):
         jaxprune.weight_mask(jnp.arange(4), 0.5, hparams=HP)
+
+
+# --- the final mask compare -------------------------------------------------------------------
+
+_compare_jit = jax.jit(
+    lambda v, t, strict: jaxprune._src.masks._compare_magnitudes(v, t, strict),
+    static_argnames="strict",
+)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_mask_compare_matches_key_reference_at_the_edges(strict):
+    """One unsigned range test per element == NumPy's comparison of the magnitudes' keys.
+
+    NaN is never kept, denormals compare by their true value (no flush), a threshold of
+    Inf keeps only Inf (``>=``) or nothing (``>``), a threshold of 0 keeps every non-NaN.
+    """
+    f = np.finfo(np.float32)
+    vals = np.array(
+        [
+            0.0,
+            f.smallest_subnormal,
+            3 * f.smallest_subnormal,
+            f.tiny - f.smallest_subnormal,
+            f.tiny,
+            1e-30,
+            0.5,
+            1.0,
+            f.max,
+            np.inf,
+            np.nan,
+        ],
+        np.float32,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.concatenate([vals, -vals]), size=(33, 65)).astype(np.float32)
+    mags = np.abs(x)
+    for t in [*vals[:-1], np.float32(2.0), np.float32(f.smallest_subnormal * 2)]:
+        got = np.asarray(_compare_jit(jnp.asarray(x), jnp.float32(t), strict=strict))
+        keys, tkey = mags.view(np.int32), np.float32(t).view(np.int32)
+        want = (keys > tkey if strict else keys >= tkey) & ~np.isnan(x)
+        np.testing.assert_array_equal(got, want, err_msg=f"threshold {t!r}")

@@ -159,3 +159,38 @@ def test_small_leaves_of_any_shapes_share_one_cond_and_one_selection_loop():
     assert _mask_update_conds(entry) == 1
     assert len(re.findall(r" while\(", hlo)) <= 2  # the selection, and nothing per leaf
     assert len(re.findall(r" sort\(", hlo)) == 1
+
+
+def _fusions_reading(comps: dict[str, str], comp: str, shape: str) -> list[str]:
+    """The fusions called from ``comp`` whose fused computation takes a ``shape`` parameter."""
+    out = []
+    for line in comps[comp].splitlines():
+        m = re.search(r" fusion\(.*calls=%([\w.\-]+)", line)
+        if m and re.search(rf"{re.escape(shape)}\S* parameter\(", comps.get(m.group(1), "")):
+            out.append(m.group(1))
+    return out
+
+
+@pytest.mark.parametrize("method", ["exact", "histogram"])
+def test_one_read_of_the_weight_per_pass_and_one_for_the_mask(method):
+    """Each counting pass reads the weight in exactly one fused loop (counts, min and max in
+    one variadic reduce), and the mask is one more fused loop over the weight (the NaN test
+    folded into its compare)."""
+    w = jax.ShapeDtypeStruct((1024, 1024), jnp.float32)
+    s = jax.ShapeDtypeStruct((), jnp.float32)
+    hp = HP.replace(threshold_method=method)
+    hlo = _compiled_text(jax.jit(lambda w, s: jaxprune.weight_mask(w, s, hparams=hp)), w, s)
+    comps = _computations(hlo)
+    bodies = [
+        m.group(1)
+        for line in hlo.splitlines()
+        for m in [re.search(r" while\(.*body=%([\w.\-]+)", line)]
+        if m and "f32[1024,1024]" in line
+    ]
+    assert len(bodies) == 1, bodies  # the selection loop carries the weight
+    assert len(_fusions_reading(comps, bodies[0], "f32[1024,1024]")) == 1
+    # Outside the loop: the strided sample and the mask compare read the weight, nothing else
+    # (the histogram method's Inf branch, in its own computation, is not in ENTRY).
+    entry_readers = _fusions_reading(comps, "ENTRY", "f32[1024,1024]")
+    masks = [c for c in entry_readers if "pred[1024,1024]" in comps[c].splitlines()[-1]]
+    assert len(masks) == 1, entry_readers

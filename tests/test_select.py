@@ -287,6 +287,149 @@ def test_largest_finite(magnitude):
     assert_bits_equal(f(np.full((4, 5), np.inf, np.float32), magnitude=magnitude), np.float32(0))
 
 
+# ------------------------------------------------------------------ the counting pass itself
+
+
+def _np_keys(x: np.ndarray, magnitude: bool) -> np.ndarray:
+    """Independent reference keys: int32 bit patterns (magnitude: of where(isnan, 0, |x|))."""
+    x = np.asarray(x, np.float32)
+    if magnitude:
+        x = np_magnitudes(x)
+    return x.view(np.int32).astype(np.int64)
+
+
+def _np_count_pass(x, pivots, lo, hi, magnitude):
+    keys = _np_keys(x, magnitude).ravel()
+    counts = [int(np.sum(keys >= p)) for p in pivots]
+    ge, lt = keys[(keys >= lo)], keys[(keys >= 0) & (keys < hi)]
+    mn = int(ge.min()) if ge.size else np.iinfo(np.int32).max
+    mx = int(lt.max()) if lt.size else -1
+    return counts, mn, mx
+
+
+_count_pass_jit = jax.jit(
+    lambda x, p, lo, hi, magnitude: select._count_pass(
+        select._rows_view(x), p, lo, hi, jnp.dtype(jnp.float32), jnp.dtype(jnp.int32), magnitude
+    ),
+    static_argnames="magnitude",
+)
+
+
+@pytest.mark.parametrize("shape", [(7, 300), (1030,), (3, 4, 257)])
+def test_count_pass_matches_numpy_magnitude_with_nan(shape):
+    """Counts, min key >= lo and max key < hi vs NumPy, at edges where the tricks could slip.
+
+    The unsigned wrap-around min/max must ignore keys outside the range (NaN ranks as 0,
+    signs are cleared), and ``key >= p`` is counted as ``key > p - 1``.
+    """
+    magnitude = True
+    rng = np.random.default_rng(sum(shape))
+    specials = _special_values()
+    x = rng.choice(np.concatenate([specials, -specials, [np.nan, -np.nan, -0.0]]), size=shape)
+    x = x.astype(np.float32)
+    keys = np.unique(_np_keys(x, magnitude))
+    keys = keys[keys >= 0]
+    inf_key = int(np.float32(np.inf).view(np.int32))
+    edges = sorted({0, 1, inf_key, inf_key + 1, *keys.tolist(), *(keys + 1).tolist()})
+    for _ in range(6):
+        pivots = np.sort(rng.choice(edges, size=9)).astype(np.int32)
+        lo, hi = sorted(rng.choice(edges, size=2).tolist())
+        hi = max(hi, lo + 1)
+        counts, mn, mx = _count_pass_jit(x, jnp.asarray(pivots), lo, hi, magnitude=magnitude)
+        want_counts, want_mn, want_mx = _np_count_pass(x, pivots, lo, hi, magnitude)
+        assert np.asarray(counts).tolist() == want_counts
+        assert (int(mn), int(mx)) == (want_mn, want_mx), (lo, hi)
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_count_pass_matches_numpy_without_nan(magnitude):
+    rng = np.random.default_rng(5)
+    specials = _special_values()
+    pool = np.concatenate([specials, -specials, [-0.0]]) if magnitude else specials
+    x = rng.choice(pool, size=(9, 130)).astype(np.float32)
+    if not magnitude:
+        x[0, :3] = [-0.0, -1.0, -np.inf]  # negative keys: never counted, never the min/max
+    keys = np.unique(_np_keys(x, magnitude))
+    edges = sorted({0, 1, *keys[keys >= 0].tolist(), *(keys[keys >= 0] + 1).tolist()})
+    for _ in range(8):
+        pivots = np.sort(rng.choice(edges, size=9)).astype(np.int32)
+        lo, hi = sorted(rng.choice(edges, size=2).tolist())
+        hi = max(hi, lo + 1)
+        counts, mn, mx = _count_pass_jit(x, jnp.asarray(pivots), lo, hi, magnitude=magnitude)
+        want_counts, want_mn, want_mx = _np_count_pass(x, pivots, lo, hi, magnitude)
+        assert np.asarray(counts).tolist() == want_counts
+        assert (int(mn), int(mx)) == (want_mn, want_mx), (lo, hi)
+
+
+def test_count_pass_accumulates_in_integers():
+    """Counts are summed in int32 (exact to 2**31), never in float32 (exact only to 2**24).
+
+    Structural check: the pass's variadic reduce carries only s32 sums and u32 mins, so no
+    partial count can round, however long the rows.
+    """
+    x = jax.ShapeDtypeStruct((64, 4096), jnp.float32)
+    hlo = (
+        jax.jit(
+            lambda x, p: select._count_pass([x], p, 1, 2**30, *select._key_dtypes(x.dtype), True)
+        )
+        .lower(x, jax.ShapeDtypeStruct((9,), jnp.int32))
+        .compile()
+        .as_text()
+    )
+    # The row reduction: [64, 4096] -> one [64] output per pivot, plus the min and max.
+    reduces = [line for line in hlo.splitlines() if " reduce(" in line and "[64]" in line]
+    assert reduces, hlo
+    for line in reduces:
+        out_types = line.split("=", 1)[1].split("reduce(", 1)[0]
+        assert "f32" not in out_types and "f64" not in out_types, line
+
+
+def test_denormal_boundary_and_ties_at_the_answer():
+    """Keys straddling the smallest normal, huge ties at the answer, all-equal arrays."""
+    tiny = np.finfo(np.float32).tiny
+    sub = np.finfo(np.float32).smallest_subnormal
+    around = np.array(
+        [0.0, sub, 2 * sub, tiny - sub, tiny, tiny + np.spacing(tiny), 2 * tiny, 1e-30],
+        np.float32,
+    )
+    rng = np.random.default_rng(12)
+    x = rng.choice(around, size=(40, 257)).astype(np.float32)
+    n = x.size
+    counts = np.cumsum([np.sum(x == v) for v in around[::-1]])
+    ks = sorted(
+        {
+            1,
+            n,
+            *counts.tolist(),
+            *(counts + 1).clip(1, n).tolist(),
+            *(counts - 1).clip(1, n).tolist(),
+        }
+    )
+    _check_many_k(x, ks)
+    signed = x * rng.choice(np.array([-1, 1], np.float32), size=x.shape)
+    signed[0, :5] = np.nan
+    for k in ks[::3]:
+        assert_bits_equal(
+            _kth_magnitude_jit(signed, jnp.int32(k)), np_kth_largest(np_magnitudes(signed), k)
+        )
+    # Ties: 90% of the entries equal the answer, the rest spread on both sides.
+    y = np.full((64, 300), 0.75, np.float32)
+    y[rng.random(y.shape) < 0.05] = 0.5
+    y[rng.random(y.shape) < 0.05] = 2.0
+    _check_many_k(y, [1, int(np.sum(y == 2.0)), int(np.sum(y >= 0.75)), y.size // 2, y.size])
+
+
+def test_uniform_data_crossing_a_power_of_two_needs_few_passes():
+    """Value-space interpolation: the key density doubles below 0.5 (a smaller exponent)."""
+    rng = np.random.default_rng(13)
+    x = jnp.asarray(rng.random((1024, 1024)).astype(np.float32))
+    f = jax.jit(select._select)
+    for k in (524_288, 104_858):
+        value, passes, _ = f(x, jnp.int32(k))
+        assert_bits_equal(value, np_kth_largest(np.asarray(x), k))
+        assert int(passes) <= 5
+
+
 def test_doctest_examples():
     import doctest
 

@@ -33,6 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxprune._src import floatops, select
 from jaxprune._src.hparams import PruningHParams
@@ -150,27 +151,23 @@ def _weight_mask(
             lambda w, s, t: _weight_mask(w, s, t, hparams, block_dims),
             out_sharding=(jax.sharding.PartitionSpec(), sharding.spec),
         )(weights, jnp.asarray(sparsity, jnp.float32), jnp.asarray(threshold, jnp.float32))
-    is_nan = jnp.isnan(weights)
     threshold = jnp.asarray(threshold, jnp.float32)
 
     squeezed_shape = tuple(d for d in weights.shape if d != 1)
     if len(squeezed_shape) != 2 or tuple(block_dims) == (1, 1):
         # The selection ranks where(isnan(w), 0, |w|) (in float32: exact for bf16/f16, float64
         # is rounded) straight from the weight: no full-size copy of the magnitudes is made.
-        new_threshold, mask = _threshold_and_mask(
-            weights, sparsity, threshold, hparams, magnitude=True
-        )
-    else:
-        magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
-        rows, cols = squeezed_shape
-        bh, bw = _effective_block(block_dims, (rows, cols))
-        pooled = pool_blocks(
-            magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function
-        )
-        new_threshold, block_mask = _threshold_and_mask(
-            pooled, sparsity, threshold, hparams, magnitude=False
-        )
-        mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
+        # The mask compare itself never keeps a NaN weight.
+        return _threshold_and_mask(weights, sparsity, threshold, hparams, magnitude=True)
+    is_nan = jnp.isnan(weights)
+    magnitudes = jnp.where(is_nan, 0, jnp.abs(weights)).astype(jnp.float32)
+    rows, cols = squeezed_shape
+    bh, bw = _effective_block(block_dims, (rows, cols))
+    pooled = pool_blocks(magnitudes.reshape(rows, cols), (bh, bw), hparams.block_pooling_function)
+    new_threshold, block_mask = _threshold_and_mask(
+        pooled, sparsity, threshold, hparams, magnitude=False
+    )
+    mask = expand_blocks(block_mask, (bh, bw), (rows, cols)).reshape(weights.shape)
     return new_threshold, mask & ~is_nan
 
 
@@ -291,19 +288,29 @@ def _threshold_and_mask(
 
 
 def _compare_magnitudes(values: jax.Array, threshold: jax.Array, strict: bool) -> jax.Array:
-    """``|values| >= threshold`` (``>`` if strict), compared as the selection ranks them.
+    """``|values| >= threshold`` (``>`` if strict), compared as the selection ranks them; NaN is
+    never kept.
 
     The comparison is made on the float32 bit patterns of the magnitudes (the keys the
     exact selection ranks), not on floats: XLA:CPU flushes denormals to zero in float
     comparisons, which would keep every denormal weight whatever the threshold (the exact
     threshold is the true k-th largest, denormal or not). For non-NaN magnitudes the order
-    of the keys is the IEEE order, so the result is unchanged for normal numbers. NaN
-    entries are cleared by the caller.
+    of the keys is the IEEE order, so the result is unchanged for normal numbers.
+
+    One unsigned range test per element: the key ``k = bits & 0x7fffffff`` is kept iff
+    ``t <= k <= key(inf)``, i.e. ``uint32(k - t) <= key(inf) - t`` (keys below ``t`` wrap
+    around to large values; NaN keys lie above Inf's).
     """
     f32, i32 = jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)
-    keys = select._keys(values, f32, i32, magnitude=True)
-    t = select._keys(jnp.asarray(threshold, jnp.float32), f32, i32, magnitude=True)
-    return keys > t if strict else keys >= t
+    inf_key = int(select._inf_key(f32, i32))
+    keys = lax.bitcast_convert_type(jnp.asarray(values).astype(f32), i32) & np.int32(0x7FFFFFFF)
+    t = select._keys(jnp.asarray(threshold, f32), f32, i32, magnitude=True)
+    if strict:  # k > t  <=>  k >= t + 1
+        t = t + 1
+    # A threshold above Inf (strict at Inf) keeps nothing: the scalar test fuses into the loop.
+    some = t <= inf_key
+    t = t.astype(jnp.uint32)
+    return (keys.astype(jnp.uint32) - t <= jnp.uint32(inf_key) - t) & some
 
 
 def _smooth(current: jax.Array, previous: jax.Array, decay: float) -> jax.Array:
@@ -496,10 +503,7 @@ def thresholds_and_masks_each(
     previous = jnp.stack([jnp.asarray(t, jnp.float32) for t in thresholds])
     smoothed = _smooth(current, previous, hparams.threshold_decay)
     strict = hparams.threshold_method == "histogram"
-    masks = [
-        _compare_magnitudes(w, smoothed[i], strict=strict) & ~jnp.isnan(w)
-        for i, w in enumerate(weights)
-    ]
+    masks = [_compare_magnitudes(w, smoothed[i], strict=strict) for i, w in enumerate(weights)]
     return list(smoothed), masks
 
 

@@ -5,12 +5,13 @@ position ``k``, without sorting. It works on the integer bit patterns of the (no
 magnitudes, whose order equals the order of the values, and narrows an interval of bit patterns
 known to contain the answer with a few *counting passes*. Each pass reads the data once and counts,
 for a handful of pivots at once, how many elements are ``>=`` each pivot (plus the smallest and
-largest element inside the current interval). Pivots come from a small strided sample in the first
-pass and from interpolation inside the current interval afterwards, so a typical input needs only
-3-5 passes; two evenly spaced pivots per pass guarantee that the interval shrinks at least
+largest element between the two pivots nearest the expected answer, which snaps the interval to
+the data actually in it). Pivots come from a small strided sample in the first pass and from
+interpolation (in value space) inside the current interval afterwards, so a typical input needs
+only 3-4 passes; two evenly spaced pivots per pass guarantee that the interval shrinks at least
 threefold per pass, so any input finishes in a bounded number of passes.
 
-Why counting passes: they are reductions (sums/mins/maxes), which fuse into one multi-output
+Why counting passes: they are reductions (sums/mins), which fuse into one multi-output
 ("variadic") reduce on XLA:CPU, vectorize, never materialise a copy of the data, and partition
 across devices under GSPMD into local reductions plus an all-reduce of a few scalars. A histogram
 pass (``bincount``, a scatter-add) is several times slower on CPU, and sorting or compacting
@@ -19,6 +20,7 @@ candidates would gather data onto one device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -49,6 +51,8 @@ _ROW = 1024
 _SAMPLE_OFFSETS = (-3.0, -1.5, -0.5, 0.0, 0.5, 1.5, 3.0)
 # Offsets (in standard deviations of the interpolated rank) of the interpolation pivots.
 _INTERP_OFFSETS = (-2.0, -0.6, 0.0, 0.6, 2.0)
+# The interpolation pivots between which the data's extent is measured (-0.6 and +0.6).
+_PIN = (1, 3)
 
 
 def _rows_view(x: jax.Array) -> list[jax.Array]:
@@ -116,26 +120,55 @@ def _count_pass(
     idtype: np.dtype,
     magnitude: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One read of the data: counts of keys >= each pivot, min key >= lo, max key < hi."""
+    """One read of the data: counts of keys >= each pivot, min key >= lo, max key < hi.
+
+    The min is ``big`` (the integer maximum) and the max is -1 where no key qualifies. Pivots,
+    ``lo`` and ``hi`` must be non-negative keys; negative keys (only from ``-0.0`` or negative
+    inputs without ``magnitude``) are never counted and never reported by the min or max.
+
+    The pass is one variadic row reduction that XLA:CPU emits as a single vectorised loop,
+    split over the cores. Per vector of keys it costs two instructions per pivot and two
+    for each of the min and max:
+
+    * ``key >= p`` is counted as ``key > p - 1`` (a compare whose all-ones mask is subtracted
+      from the count);
+    * the min key ``>= lo`` is ``lo + min(key - lo)`` in *unsigned* arithmetic: keys below
+      ``lo`` wrap around to values ``>= 2**31``, above every key in ``[lo, 2**31)``;
+    * the max key ``< hi`` is ``hi - 1 - min(hi - 1 - key)``, unsigned, likewise.
+
+    A compare-and-select form (``where(key >= lo, key, big)``) costs three instructions each.
+    """
     num = pivots.shape[0]
     big = np.iinfo(idtype).max
+    bits = np.iinfo(idtype).bits
+    udtype = jnp.dtype(f"uint{bits}")
+    half = udtype.type(1 << (bits - 1))
+    ulo = jnp.asarray(lo, idtype).astype(udtype)
+    uhi1 = (jnp.asarray(hi, idtype) - 1).astype(udtype)
+    below = pivots.astype(idtype) - 1
     counts, mins, maxs = [], [], []
     for x in parts:
         k = _keys(x, fdtype, idtype, magnitude)
-        operands = tuple((k >= pivots[i]).astype(jnp.int32) for i in range(num))
-        operands += (jnp.where(k >= lo, k, big), jnp.where(k < hi, k, idtype.type(-1)))
-        inits = (np.int32(0),) * num + (idtype.type(big), idtype.type(-1))
+        uk = k.astype(udtype)
+        operands = tuple((k > below[i]).astype(jnp.int32) for i in range(num))
+        operands += (uk - ulo, uhi1 - uk)
+        inits = (np.int32(0),) * num + (udtype.type(np.iinfo(udtype).max),) * 2
 
         def combine(a, b):
             sums = tuple(a[i] + b[i] for i in range(num))
-            return (*sums, jnp.minimum(a[num], b[num]), jnp.maximum(a[num + 1], b[num + 1]))
+            return (*sums, jnp.minimum(a[num], b[num]), jnp.minimum(a[num + 1], b[num + 1]))
 
         # A single variadic row-reduce keeps everything in one fused, vectorised loop.
         out = lax.reduce(operands, inits, combine, (1,))
-        counts.append(jnp.stack([jnp.sum(c, dtype=jnp.int32) for c in out[:num]]))
+        counts.append(jnp.sum(jnp.stack(out[:num]), axis=1, dtype=jnp.int32))
         mins.append(jnp.min(out[num]))
-        maxs.append(jnp.max(out[num + 1]))
-    return sum(counts[1:], counts[0]), jnp.min(jnp.stack(mins)), jnp.max(jnp.stack(maxs))
+        maxs.append(jnp.min(out[num + 1]))
+    dmin = functools.reduce(jnp.minimum, mins)
+    dmax = functools.reduce(jnp.minimum, maxs)
+    # Offsets >= 2**31 come from keys outside [lo, 2**31) resp. [0, hi): none qualified.
+    mn = jnp.where(dmin < half, (ulo + dmin).astype(idtype), idtype.type(big))
+    mx = jnp.where(dmax < half, (uhi1 - dmax).astype(idtype), idtype.type(-1))
+    return functools.reduce(jnp.add, counts), mn, mx
 
 
 def kth_largest(
@@ -345,8 +378,9 @@ def _search(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The counting-pass search of ``len(sizes)`` independent k-th largest keys, one loop.
 
-    ``counter(pivots [L, P], lo [L], hi [L], it)`` makes one counting pass: per item, the
-    counts of keys >= each pivot, the smallest key >= lo and the largest key < hi. The loop
+    ``counter(pivots [L, P], a [L], b [L], it)`` makes one counting pass: per item, the
+    counts of keys >= each pivot, the smallest key >= a and the largest key < b (the integer
+    maximum resp. -1 if there is none). The loop
     state holds one bracket per item and runs until every item's answer is found. The first
     pass's pivots come from each item's strided sample of keys, or, with ``samples=None``,
     from interpolation over the whole key range.
@@ -365,28 +399,44 @@ def _search(
         jnp.zeros((num,), jnp.int32),
     )
 
+    tiny = np.finfo(fdtype).tiny
+
     def interp_pivots(lo, hi, c_lo, c_hi):
+        """Pivots [L, P] for the next pass, and the pair (a, b) [L] around the expected answer."""
         lo, hi = lo[:, None], hi[:, None]
         width = (hi - lo).astype(jnp.float32)
         m = (c_lo - c_hi).astype(jnp.float32)[:, None]
         f = ((c_lo - kk).astype(jnp.float32)[:, None] + 0.5) / m  # position inside bracket
         sd = (jnp.sqrt(m * f * (1.0 - f)) + 1.0) / m
         offsets = jnp.asarray(np.array(_INTERP_OFFSETS, np.float32))
-        pts = jnp.concatenate(
-            [
-                jnp.clip(f + offsets * sd, 0.0, 1.0),
-                jnp.broadcast_to(jnp.asarray([1.0 / 3.0, 2.0 / 3.0], jnp.float32), (num, 2)),
-            ],
-            axis=1,
-        )
-        out = jnp.concatenate([lo + jnp.floor(pts * width).astype(idtype), lo + 1, hi - 1], axis=1)
+        pts = jnp.clip(f + offsets * sd, 0.0, 1.0)
+        # Interpolate in value space: across a power of two the keys' density changes by 2x,
+        # which key-space interpolation mistakes for a change of the data's density. (Keys
+        # are linear in value inside one binade and for denormals: key space is used for
+        # brackets reaching below the smallest normal, where float arithmetic flushes.)
+        lo_v = lax.bitcast_convert_type(lo, fdtype)
+        hi_v = lax.bitcast_convert_type(hi, fdtype)
+        span = hi_v - lo_v
+        by_value = (lo_v >= tiny) & jnp.isfinite(span)
+        by_key = lo + jnp.floor(pts * width).astype(idtype)
+        v = lax.bitcast_convert_type(lo_v + pts.astype(fdtype) * span, idtype)
+        # Two key-space pivots guarantee that the bracket shrinks at least threefold.
+        thirds = lo + jnp.floor(jnp.asarray([1.0 / 3.0, 2.0 / 3.0], jnp.float32) * width)
+        out = jnp.concatenate(
+            [jnp.where(by_value, v, by_key), thirds.astype(idtype), lo + 1, hi - 1], axis=1
+        )  # lo + 1 also guarantees progress when hi - lo == 2
         interp = jnp.clip(out, lo + 1, hi - 1)
         # A narrow bracket is finished off by trying every key in it.
         every = jnp.minimum(lo + 1 + jnp.arange(_NUM_PIVOTS, dtype=idtype), hi - 1)
-        return jnp.where(hi - lo <= _NUM_PIVOTS + 1, every, interp)
+        narrow = hi - lo <= _NUM_PIVOTS + 1
+        pivots = jnp.where(narrow, every, interp)
+        # The answer most likely lies between the pivots at -0.6 and +0.6 standard deviations.
+        a = jnp.where(narrow[:, 0], lo[:, 0], interp[:, _PIN[0]])
+        b = jnp.where(narrow[:, 0], hi[:, 0], interp[:, _PIN[1]])
+        return pivots, a, b
 
     if samples is None:
-        first = interp_pivots(*start)
+        first = interp_pivots(*start)[0]
     else:
         first = _sample_pivots(samples, sizes, kk, hi0, idtype)
     # count(key >= 0) < k only if negative inputs (e.g. -0.0) are selected: the last pivot.
@@ -398,16 +448,26 @@ def _search(
 
     def body(state):
         lo, hi, c_lo, c_hi, it, top = state
-        pivots = jnp.where(it == 0, first_pivots, interp_pivots(lo, hi, c_lo, c_hi))
-        counts, mn, mx = counter(pivots, lo, hi, it)
+        ipivots, ia, ib = interp_pivots(lo, hi, c_lo, c_hi)
+        first = it == 0
+        pivots = jnp.where(first, first_pivots, ipivots)
+        # The pass also finds the data's extent in [a, b): the min key >= a, the max key < b.
+        # The first pass spans everything (its max is the largest value); later ones the
+        # pivots around the expected answer, so that a bracket ending up between them shrinks
+        # to the keys actually present.
+        a = jnp.where(first, lo, ia)
+        b = jnp.where(first, hi, ib)
+        counts, mn, mx = counter(pivots, a, b, it)
         ge = counts >= kk[:, None]
         new_lo = jnp.maximum(lo, jnp.max(jnp.where(ge, pivots, lo[:, None]), axis=1))
         new_c_lo = jnp.minimum(c_lo, jnp.min(jnp.where(ge, counts, c_lo[:, None]), axis=1))
         new_hi = jnp.minimum(hi, jnp.min(jnp.where(ge, hi[:, None], pivots), axis=1))
         new_c_hi = jnp.maximum(c_hi, jnp.max(jnp.where(ge, c_hi[:, None], counts), axis=1))
-        # No key lies in [lo, mn) or (mx, hi): shrink to the data actually inside the bracket.
-        new_lo = jnp.maximum(new_lo, mn)
-        new_hi = jnp.maximum(jnp.minimum(new_hi, mx + 1), new_lo + 1)
+        # No key lies in [a, mn) or (mx, b): a bracket end inside such a gap moves to its edge
+        # (the counts are unchanged).
+        new_lo = jnp.where((new_lo >= a) & (new_lo < mn), mn, new_lo)
+        new_hi = jnp.where((new_hi <= b) & (new_hi > mx + 1), mx + 1, new_hi)
+        new_hi = jnp.maximum(new_hi, new_lo + 1)
         # The k-th largest is negative (only -0.0 is plausible): report +0.0.
         negative = (it == 0) & (counts[:, -1] < kk)
         new_lo = jnp.where(negative, lo0, new_lo)
