@@ -812,6 +812,7 @@ def _update_masks(pruner: _Pruner, constant: Any, params: Any, opt_state: Any):
         for i, w in zip(idx, pruned, strict=True):
             weights[i] = w
         new_state = pruner.mask_update(treedef.unflatten(weights), state, step, force=True)
+        assert isinstance(new_state, PruningState)
         new_masks = treedef.flatten_up_to(new_state.masks)
         # Weights pruned before that are not 0: something changed them after masks_transform.
         # (The old masks are read from the carry: reading the loop's input copied them.)
@@ -845,20 +846,20 @@ _jitted_update_masks = jax.jit(_update_masks, static_argnums=0)
 
 
 def _like(new: PruningState, old: PruningState) -> PruningState:
-    """``new`` in ``old``'s tree and dtypes, so both branches of the cond have one type."""
+    """``new`` in ``old``'s tree and dtypes: the loop's carry keeps one type."""
     leaves = [
         jnp.asarray(n, jnp.result_type(o))
         for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)
     ]
-    return jax.tree.structure(old).unflatten(leaves)
+    return jax.tree.unflatten(jax.tree.structure(old), leaves)
 
 
 def _refill(template: Any, leaves: list[Any]) -> Any:
     """``template``'s tree (boxes included) with ``leaves`` (those of its unboxed tree)."""
     structure = jax.tree.structure(template)
-    if structure.num_leaves != len(leaves):  # pragma: no cover - unbox keeps one leaf per box
+    if len(jax.tree.leaves(template)) != len(leaves):  # pragma: no cover - one leaf per box
         raise AssertionError("unboxed tree does not have one leaf per box")
-    return structure.unflatten(leaves)
+    return jax.tree.unflatten(structure, leaves)
 
 
 _PRUNED_CHANGED = (
