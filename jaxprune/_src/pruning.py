@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import optax
 
 from jaxprune._src import state as state_lib
+from jaxprune._src import transform as transform_lib
 from jaxprune._src.hparams import (
     PruningHParams,
     _format_value,
@@ -65,6 +67,7 @@ class Pruning:
         self._params_filter = params_filter
         # Compiled once per params structure, so eager calls (as in ported TF code) are fast.
         self._mask_update = jax.jit(self._pruner.mask_update, static_argnames=("force",))
+        self._static = self._pruner.bind(None)  # update_masks' constant sparsity: an argument
 
     @property
     def hparams(self) -> PruningHParams:
@@ -168,6 +171,117 @@ class Pruning:
         """
         step = state.count if step is None else step
         return self._mask_update(params, state, step, force=False)
+
+    def masks_transform(self) -> optax.GradientTransformationExtraArgs:
+        """The optax half of the separate mask update: applies the current masks, nothing else.
+
+        Put it last in the optax chain and call :meth:`update_masks` after each
+        step (TF ran ``conditional_mask_update_op`` as a separate op after the
+        train op). Its state is the same :class:`PruningState` as
+        :func:`magnitude_pruning`'s, so :func:`get_pruning_state`,
+        :func:`summaries`, :func:`strip_pruning`, :func:`abstract_state` and
+        orbax checkpoints work unchanged. Its ``update`` returns
+        ``where(mask, u, -p)`` with the state's masks (pruned weights stay
+        exactly 0, kept weights get exactly ``u``) and increments ``count``
+        (saturating at ``2**31 - 1``); it never recomputes masks and has no
+        ``lax.cond``, so XLA fuses it into the optimizer's elementwise update.
+        Without :meth:`update_masks` the masks never change.
+
+        Returns:
+          An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+          ``params``.
+
+        Raises:
+          ValueError: in ``update``, if ``params`` is missing or does not fit
+            the state, naming the parameter.
+
+        Examples:
+          >>> import jax.numpy as jnp, optax, jaxprune
+          >>> p = jaxprune.Pruning("pruning_frequency=1,sparsity_function_end_step=1")
+          >>> tx = optax.chain(optax.sgd(1.0), p.masks_transform())
+          >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
+          >>> opt_state = tx.init(params)
+          >>> grads = {"w": jnp.zeros((2, 2))}
+          >>> updates, opt_state = tx.update(grads, opt_state, params)
+          >>> params = optax.apply_updates(params, updates)
+          >>> params, opt_state = p.update_masks(params, opt_state)   # step 1: s(1) = 0.5
+          >>> params["w"].tolist()
+          [[0.0, -3.0], [0.0, 2.0]]
+
+        References:
+          Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+        """
+        return transform_lib.masks_transform(self._pruner)
+
+    def update_masks(self, params: Any, opt_state: Any) -> tuple[Any, Any]:
+        """TF's ``conditional_mask_update_op`` after the train step, on params and opt_state.
+
+        Finds the :class:`PruningState` in ``opt_state`` (anywhere, as
+        :func:`get_pruning_state` does; made by :meth:`masks_transform`). At
+        step ``count`` (the steps :meth:`masks_transform` has counted), if it is
+        a pruning step (``begin_pruning_step <= count``, ``count <=
+        end_pruning_step`` unless that is -1, and ``pruning_frequency`` steps
+        since the last update), recomputes every mask and threshold from
+        ``params``, the weights after the step as stored (previously pruned
+        weights are 0), exactly as TF's ``mask_update_op`` on its weight
+        variables, and returns params with the newly pruned weights zeroed and
+        opt_state with the new state in the same place. On other steps both
+        come back unchanged. Every hparams option of :func:`magnitude_pruning`
+        applies. Calling it twice at one step updates once.
+
+        The one-line chain :func:`magnitude_pruning` updates the masks at the
+        same steps, to the same sparsity, but ranks ``params + updates`` before
+        pruned weights are zeroed, so a previously pruned weight ranks at its
+        one-step update: the masks differ only where such an update reaches the
+        new threshold.
+
+        Compiled once per params structure. Call it inside your jitted train
+        step, or jit it yourself with donated buffers,
+        ``jax.jit(p.update_masks, donate_argnums=(0, 1))``, so that steps that
+        update nothing copy nothing (called eagerly without donation, the
+        unchanged params are copied). A step that does update also checks that
+        the weights pruned before are still 0, and warns naming the parameters
+        if not (a transform after :meth:`masks_transform` changed them).
+
+        Args:
+          params: the weights after the step (plain arrays, linen boxes or nnx
+            ``Variable`` s, e.g. ``nnx.state(model, nnx.Param)``).
+          opt_state: the optimizer state holding exactly one
+            :class:`PruningState` (an optax chain's state, ``nnx.state`` of an
+            ``nnx.Optimizer``, ...).
+
+        Returns:
+          ``(params, opt_state)``, with the same tree structures (boxes kept).
+
+        Raises:
+          ValueError: if ``opt_state`` holds no PruningState or several (naming
+            what it holds), or if params do not fit the state (naming the
+            parameter).
+
+        Examples:
+          >>> import jax, jax.numpy as jnp, optax, jaxprune
+          >>> p = jaxprune.Pruning("pruning_frequency=2,begin_pruning_step=2,"
+          ...                      "sparsity_function_end_step=1")
+          >>> tx = optax.chain(optax.sgd(0.1), p.masks_transform())
+          >>> update_masks = jax.jit(p.update_masks, donate_argnums=(0, 1))
+          >>> params = {"w": jnp.arange(1., 9.).reshape(2, 4)}
+          >>> opt_state = tx.init(params)
+          >>> for _ in range(2):
+          ...     updates, opt_state = tx.update({"w": -jnp.ones((2, 4))}, opt_state, params)
+          ...     params = optax.apply_updates(params, updates)
+          ...     params, opt_state = update_masks(params, opt_state)
+          >>> [round(x, 1) for x in params["w"].ravel().tolist()]
+          [0.0, 0.0, 0.0, 0.0, 5.2, 6.2, 7.2, 8.2]
+          >>> int(jaxprune.get_pruning_state(opt_state).last_update_step)
+          2
+
+        References:
+          TF ``tf.contrib.model_pruning``'s ``Pruning.conditional_mask_update_op``;
+          Zhu & Gupta, "To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878
+        """
+        return transform_lib._jitted_update_masks(
+            self._static, self._pruner.constant, params, opt_state
+        )
 
     def apply_masks(self, params: Any, state: PruningState) -> Any:
         """Masked params (TF's ``apply_mask``); see :func:`apply_masks`."""

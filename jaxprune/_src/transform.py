@@ -737,3 +737,187 @@ def _update(pruner: _Pruner, constant: Any, updates: Any, state: Any, params: An
 # Compiled once per configuration, so that eager calls (outside the user's jit) do not dispatch
 # the mask update op by op; inside the user's jit it is inlined.
 _jitted_update = jax.jit(_update, static_argnums=0)
+
+
+# ------------------------------------------------------------------ the separate (TF-shaped) API
+#
+# ``Pruning.masks_transform()`` applies the state's masks inside the optax chain (no cond: XLA
+# fuses the ``where`` into the optimizer's elementwise update) and ``Pruning.update_masks`` is
+# TF's ``conditional_mask_update_op``, run on the weights after the step.
+
+
+def _masks_update(pruner: _Pruner, constant: Any, updates: Any, state: Any, params: Any):
+    """``masks_transform``'s update: the state's masks applied, ``count`` incremented."""
+    pruner = pruner.bind(constant)
+    boxed_updates, boxed_masks = updates, state.masks
+    params = tree_lib.unbox(params)
+    updates = tree_lib.unbox(updates)
+    state = tree_lib.unbox(state)
+    leaves, treedef, names, plans = pruner.plan(params)
+    masks, _ = _check_state(state, treedef, leaves, names, plans)
+    try:
+        update_leaves = treedef.flatten_up_to(updates)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"updates do not have the structure of params: {e}") from None
+    out = [
+        u if plan is None else jnp.where(m, _match_sharding(u, p), -p.astype(u.dtype))
+        for p, u, m, plan in zip(leaves, update_leaves, masks, plans, strict=True)
+    ]
+    # Saturates at the int32 maximum like optax's counters (no wrap to a negative step).
+    step = optax.safe_int32_increment(jnp.asarray(state.count, jnp.int32))
+    new_state = PruningState(
+        count=step,
+        last_update_step=state.last_update_step,
+        sparsity=pruner.global_sparsity(step, state.sparsity),
+        masks=boxed_masks,
+        thresholds=state.thresholds,
+    )
+    return tree_lib.rebox(boxed_updates, treedef.unflatten(out)), new_state
+
+
+_jitted_masks_update = jax.jit(_masks_update, static_argnums=0)
+
+
+def masks_transform(pruner: _Pruner) -> optax.GradientTransformationExtraArgs:
+    """The transform behind :meth:`Pruning.masks_transform` (see there)."""
+    static = pruner.bind(None)  # the constant sparsity travels as an argument
+
+    def init_fn(params):
+        return pruner.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "jaxprune.Pruning.masks_transform needs the current params: call "
+                "tx.update(updates, opt_state, params)"
+            )
+        return _jitted_masks_update(static, pruner.constant, updates, state, params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_state(x: Any) -> bool:
+    return isinstance(x, PruningState)
+
+
+def _find_pruning_state(opt_state: Any) -> tuple[list[Any], Any, int]:
+    """The leaves (PruningStates as leaves) and treedef of ``opt_state``, and the index of its
+    single PruningState; a ValueError naming what was found if there is none or several."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_is_state)
+    where = [i for i, (_, x) in enumerate(flat) if isinstance(x, PruningState)]
+    if len(where) == 1:
+        return [x for _, x in flat], treedef, where[0]
+    if not where:
+
+        def is_named(x):
+            return isinstance(x, tuple) and hasattr(x, "_fields")
+
+        named = jax.tree.leaves(opt_state, is_leaf=is_named)
+        kinds = sorted({type(x).__name__ for x in named if is_named(x)})
+        found = f"the optimizer states {kinds}" if kinds else f"a {type(opt_state).__name__}"
+        raise ValueError(
+            f"Pruning.update_masks: no PruningState in opt_state (found {found}). Put "
+            "pruning.masks_transform() last in the optax chain, e.g. "
+            "optax.chain(optax.adam(1e-3), pruning.masks_transform()), and pass the optimizer "
+            "state that tx.init / tx.update return (for an nnx.Optimizer, optimizer.opt_state)."
+        )
+    paths = [jax.tree_util.keystr(flat[i][0]) or "opt_state itself" for i in where]
+    raise ValueError(
+        f"Pruning.update_masks: opt_state holds {len(where)} PruningStates, at {paths}; it "
+        "updates the masks of exactly one. Pass the part of the state that holds the one you "
+        "mean (and the params it prunes)."
+    )
+
+
+def _update_masks(pruner: _Pruner, constant: Any, params: Any, opt_state: Any):
+    """``Pruning.update_masks``: TF's conditional_mask_update_op on the weights after the step.
+
+    At a pruning step, every mask and threshold is recomputed (the chain's engine,
+    unconditionally) and the newly pruned weights zeroed; other steps return the inputs.
+    """
+    pruner = pruner.bind(constant)
+    opt_leaves, opt_treedef, at = _find_pruning_state(opt_state)
+    boxed_state = opt_leaves[at]
+    state = tree_lib.unbox(boxed_state)
+    plain = tree_lib.unbox(params)
+    leaves, treedef, names, plans = pruner.plan(plain)
+    _check_state(state, treedef, leaves, names, plans)
+    idx = [i for i, plan in enumerate(plans) if plan is not None]
+    step = jnp.asarray(state.count, jnp.int32)
+    should = pruner.should_update(step, state.last_update_step)
+
+    def update(carry):
+        _, pruned, state, _ = carry
+        weights = list(leaves)
+        for i, w in zip(idx, pruned, strict=True):
+            weights[i] = w
+        new_state = pruner.mask_update(treedef.unflatten(weights), state, step, force=True)
+        assert isinstance(new_state, PruningState)
+        new_masks = treedef.flatten_up_to(new_state.masks)
+        # Weights pruned before that are not 0: something changed them after masks_transform.
+        # (The old masks are read from the carry: reading the loop's input copied them.)
+        old_masks = treedef.flatten_up_to(state.masks)
+        flags = [jnp.any((w != 0) & ~old_masks[i]) for i, w in zip(idx, pruned, strict=True)]
+        pruned = [
+            jnp.where(new_masks[i], w, jnp.zeros_like(w)) for i, w in zip(idx, pruned, strict=True)
+        ]
+        flags = jnp.stack(flags) if flags else jnp.zeros(0, bool)
+        return jnp.zeros((), bool), pruned, _like(new_state, state), flags
+
+    # A loop that runs once or never, not a lax.cond: XLA gives a cond's pass-through branch
+    # (and its result) copies of every operand, while a loop's carry is updated in place, so
+    # with donated buffers a step that updates nothing copies nothing.
+    init = (should, [leaves[i] for i in idx], state, jnp.zeros(len(idx), bool))
+    _, pruned, new_state, flags = jax.lax.while_loop(lambda carry: carry[0], update, init)
+    if idx:
+        _warn_pruned_changed([names[i] for i in idx], flags, step)
+    out = list(leaves)
+    for i, w in zip(idx, pruned, strict=True):
+        out[i] = w
+    # Back into the caller's containers: the boxes (linen boxes, nnx Variables) of params and of
+    # the PruningState are kept, the state goes back to its place in opt_state.
+    new_params = _refill(params, out)
+    opt_leaves = list(opt_leaves)
+    opt_leaves[at] = _refill(boxed_state, jax.tree.leaves(new_state))
+    return new_params, opt_treedef.unflatten(opt_leaves)
+
+
+_jitted_update_masks = jax.jit(_update_masks, static_argnums=0)
+
+
+def _like(new: PruningState, old: PruningState) -> PruningState:
+    """``new`` in ``old``'s tree and dtypes: the loop's carry keeps one type."""
+    leaves = [
+        jnp.asarray(n, jnp.result_type(o))
+        for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)
+    ]
+    return jax.tree.unflatten(jax.tree.structure(old), leaves)
+
+
+def _refill(template: Any, leaves: list[Any]) -> Any:
+    """``template``'s tree (boxes included) with ``leaves`` (those of its unboxed tree)."""
+    structure = jax.tree.structure(template)
+    if len(jax.tree.leaves(template)) != len(leaves):  # pragma: no cover - one leaf per box
+        raise AssertionError("unboxed tree does not have one leaf per box")
+    return jax.tree.unflatten(structure, leaves)
+
+
+_PRUNED_CHANGED = (
+    "jaxprune.Pruning.update_masks: at step {step}, weights pruned at the previous mask update "
+    "are nonzero in {names}. Something changed them after masks_transform (a transform after "
+    "it in the optax chain, e.g. adam or weight decay), or the params were changed outside the "
+    "optimizer, so the masks are computed on weights that should be 0. Put "
+    "pruning.masks_transform() last in the chain: "
+    "optax.chain(optax.adam(1e-3), pruning.masks_transform())."
+)
+
+
+def _warn_pruned_changed(names: list[str], flags: jax.Array, step: jax.Array) -> None:
+    """Warns, naming the leaves, when ``update_masks`` found pruned weights that are not 0."""
+
+    def report(flags, step):
+        hits = [n for n, b in zip(names, flags, strict=True) if b]
+        warnings.warn(_PRUNED_CHANGED.format(step=int(step), names=hits), UserWarning, stacklevel=2)
+
+    jax.lax.cond(jnp.any(flags), lambda: jax.debug.callback(report, flags, step), lambda: None)
