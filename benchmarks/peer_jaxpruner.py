@@ -124,6 +124,8 @@ def measure_jaxprune(params, batch, loss_fn, rounds: int, mask_rounds: int) -> d
     calls["big"] = (big_fn, (w, TARGET))
     calls["big_read"] = (jax.jit(side.big_read_pass), (w,))
     times, first = side.time_calls(calls, mask_rounds)
+    for name in VARIANTS:
+        side.check_masks(name, first[name].masks)
     kept = int(jnp.sum(first["big"]))
     assert kept == round(w.size * (1 - TARGET)), kept
     return {

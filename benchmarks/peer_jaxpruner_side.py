@@ -189,6 +189,20 @@ def mask_stats(times: dict, subject: str, read: str) -> dict:
     }
 
 
+def check_masks(variant: str, masks: dict) -> None:
+    """Raises unless the kernel masks keep what ``variant`` asks for at TARGET (2:4: half)."""
+    kept = [int(np.sum(np.asarray(masks[layer]["kernel"]))) for layer in sorted(masks)]
+    sizes = [int(np.asarray(masks[layer]["kernel"]).size) for layer in sorted(masks)]
+    if variant == "uniform":
+        ok = kept == [round(n * (1 - TARGET)) for n in sizes]
+    elif variant == "global":
+        ok = sum(kept) == round(sum(sizes) * (1 - TARGET))
+    else:  # 2:4
+        ok = kept == [n // 2 for n in sizes]
+    if not ok:
+        raise RuntimeError(f"{variant}: kept {kept} of {sizes}")
+
+
 def model_read_pass(params):
     """One read pass over every kernel: ``sum(|w|)``."""
     return sum(jnp.sum(jnp.abs(d["kernel"])) for d in params.values())
@@ -274,6 +288,8 @@ def main(argv=None) -> None:
     calls["big"] = (jax.jit(lambda w, s: mp.topk_fn(mp.calculate_scores(w), s)), (w, TARGET))
     calls["big_read"] = (jax.jit(big_read_pass), (w,))
     times, first = time_calls(calls, args.mask_rounds)
+    for name in pruners:
+        check_masks(name, first[name])
     kept = int(jnp.sum(first["big"]))
     assert kept == round(BIG * BIG * (1 - TARGET)), kept
     masks = {name: mask_stats(times, name, "model_read") for name in pruners}
