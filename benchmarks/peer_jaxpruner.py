@@ -124,14 +124,16 @@ def measure_jaxprune(params, batch, loss_fn, rounds: int, mask_rounds: int) -> d
     calls["big"] = (big_fn, (w, TARGET))
     calls["big_read"] = (jax.jit(side.big_read_pass), (w,))
     times, first = side.time_calls(calls, mask_rounds)
-    for name in VARIANTS:
-        side.check_masks(name, first[name].masks)
+    kept = {
+        name: side.check_masks(name, first[name].masks, params, ties_kept=True) for name in VARIANTS
+    }
     kept = int(jnp.sum(first["big"]))
     assert kept == round(w.size * (1 - TARGET)), kept
     return {
         "library": f"jaxprune (jax {jax.__version__})",
         "train": train,
         "masks": {name: side.mask_stats(times, name, "model_read") for name in VARIANTS},
+        "kept": kept,
         "big": side.mask_stats(times, "big", "big_read"),
         "seconds": {
             "train": t_train,
@@ -334,6 +336,15 @@ def main(argv=None) -> None:
         "adam step / read pass.\n"
     )
     print(table(results))
+    print(
+        "\nKept entries per kernel in the whole-model mask update (checked against NumPy; "
+        "jaxprune keeps magnitudes tied with the k-th largest, jaxpruner breaks ties by index): "
+        + "; ".join(
+            f"{res['library'].split()[0]} {name} {res['kept'][name]}"
+            for res in results
+            for name in ("uniform", "global")
+        )
+    )
     print()
     print("\n".join(compare_behaviour(ours_b, peer_b, end, steps)))
 

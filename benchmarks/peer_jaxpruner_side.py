@@ -189,18 +189,30 @@ def mask_stats(times: dict, subject: str, read: str) -> dict:
     }
 
 
-def check_masks(variant: str, masks: dict) -> None:
-    """Raises unless the kernel masks keep what ``variant`` asks for at TARGET (2:4: half)."""
-    kept = [int(np.sum(np.asarray(masks[layer]["kernel"]))) for layer in sorted(masks)]
-    sizes = [int(np.asarray(masks[layer]["kernel"]).size) for layer in sorted(masks)]
+def check_masks(variant: str, masks: dict, params: dict, ties_kept: bool) -> list[int]:
+    """Raises unless the kernel masks keep what ``variant`` asks for at TARGET; returns the counts.
+
+    uniform keeps k = round(0.1 n) per kernel, global k of all kernels together, 2:4 half of
+    each. With ``ties_kept`` (jaxprune, TF's rule) uniform and global also keep every magnitude
+    tied with the k-th largest, so the expected count is ``sum(|w| >= k-th largest)`` (NumPy).
+    """
+    layers = sorted(masks)
+    kept = [int(np.sum(np.asarray(masks[layer]["kernel"]))) for layer in layers]
+    mags = [np.abs(np.asarray(params[layer]["kernel"])).ravel() for layer in layers]
+
+    def expected(a):
+        k = round(a.size * (1 - TARGET))
+        return int(np.sum(a >= np.partition(a, a.size - k)[a.size - k])) if ties_kept else k
+
     if variant == "uniform":
-        ok = kept == [round(n * (1 - TARGET)) for n in sizes]
+        ok = kept == [expected(a) for a in mags]
     elif variant == "global":
-        ok = sum(kept) == round(sum(sizes) * (1 - TARGET))
+        ok = sum(kept) == expected(np.concatenate(mags))
     else:  # 2:4
-        ok = kept == [n // 2 for n in sizes]
+        ok = kept == [a.size // 2 for a in mags]
     if not ok:
-        raise RuntimeError(f"{variant}: kept {kept} of {sizes}")
+        raise RuntimeError(f"{variant}: kept {kept} of {[a.size for a in mags]}")
+    return kept
 
 
 def model_read_pass(params):
@@ -288,8 +300,7 @@ def main(argv=None) -> None:
     calls["big"] = (jax.jit(lambda w, s: mp.topk_fn(mp.calculate_scores(w), s)), (w, TARGET))
     calls["big_read"] = (jax.jit(big_read_pass), (w,))
     times, first = time_calls(calls, args.mask_rounds)
-    for name in pruners:
-        check_masks(name, first[name])
+    kept = {name: check_masks(name, first[name], params, ties_kept=False) for name in pruners}
     kept = int(jnp.sum(first["big"]))
     assert kept == round(BIG * BIG * (1 - TARGET)), kept
     masks = {name: mask_stats(times, name, "model_read") for name in pruners}
@@ -341,6 +352,7 @@ def main(argv=None) -> None:
         "python": sys.version.split()[0],
         "train": train,
         "masks": masks,
+        "kept": kept,
         "big": big,
         "seconds": {
             "train": t_train,
