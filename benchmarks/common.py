@@ -92,6 +92,36 @@ def deep_mlp_model(depth: int = 50, width: int = 64, batch: int = 8):
     return mlp_model(width=width, depth=depth, batch=batch)
 
 
+def tapered_mlp_model(depth: int = 50, width: int = 64, batch: int = 8):
+    """A ``depth``-layer MLP whose layers all differ: layer i maps width+2i -> width+2i+2.
+
+    Every kernel has its own shape (as in most real models), so XLA compiles every layer's
+    kernels separately, with pruning as without.
+    """
+    widths = [width + 2 * i for i in range(depth + 1)]
+    keys = jax.random.split(jax.random.key(0), depth + 2)
+    params = {
+        f"dense{i}": {
+            "kernel": jax.random.normal(keys[i], (widths[i], widths[i + 1]), jnp.float32)
+            / np.sqrt(widths[i]),
+            "bias": jnp.zeros((widths[i + 1],), jnp.float32),
+        }
+        for i in range(depth)
+    }
+    x = jax.random.normal(keys[-2], (batch, widths[0]), jnp.float32)
+    y = jax.random.normal(keys[-1], (batch, widths[-1]), jnp.float32)
+
+    def loss_fn(p, x, y):
+        h = x
+        for i in range(depth):
+            h = h @ p[f"dense{i}"]["kernel"] + p[f"dense{i}"]["bias"]
+            if i < depth - 1:
+                h = jax.nn.relu(h)
+        return jnp.mean((h - y) ** 2)
+
+    return params, (x, y), loss_fn
+
+
 # ---------------------------------------------------------------------------- steps
 
 
