@@ -1,5 +1,6 @@
 """Structural performance invariants of jaxprune (no timing): compiled HLO and memory analysis."""
 
+import math
 import re
 
 import jax
@@ -65,7 +66,11 @@ def test_train_step_has_no_sort_or_topk(method):
     assert _largest_sort(hlo) <= 4096
     assert " topk(" not in hlo and 'TopK"' not in hlo
     if method == "histogram":
-        assert " scatter(" not in hlo  # the histogram threshold needs no scatter-add
+        # The histogram threshold needs no scatter-add histogram of the weights. The only
+        # scatters allowed are the per-row partial sums of small weights' shared selection
+        # (one row of 128 keys each): never as many updates as a weight has entries.
+        for dims in re.findall(r"= \w+\[([\d,]*)\]\S* scatter\(", hlo):
+            assert math.prod(int(d) for d in dims.split(",") if d) <= (256 * 256 + 64 * 128) // 128
 
 
 def test_non_update_path_is_elementwise_only():
@@ -149,7 +154,7 @@ def test_one_cond_per_large_leaf_and_one_update_buffer_at_a_time():
 
 
 def test_small_leaves_of_any_shapes_share_one_cond_and_one_selection_loop():
-    """Small kernels of 21 shapes compile one cond and one selection loop (plus its sort)."""
+    """Small kernels of 22 shapes compile one cond and one selection loop, and no sort."""
     params = {f"w{i}": jnp.ones((64, 64 + i)) for i in range(20)}
     params["other"] = jnp.ones((32, 64))
     params["conv"] = jnp.ones((3, 3, 8, 16))
@@ -158,7 +163,7 @@ def test_small_leaves_of_any_shapes_share_one_cond_and_one_selection_loop():
     entry = _computations(hlo)["ENTRY"]
     assert _mask_update_conds(entry) == 1
     assert len(re.findall(r" while\(", hlo)) <= 2  # the selection, and nothing per leaf
-    assert len(re.findall(r" sort\(", hlo)) == 1
+    assert " sort(" not in hlo  # its first pass needs no sorted sample
 
 
 def _fusions_reading(comps: dict[str, str], comp: str, shape: str) -> list[str]:
