@@ -167,10 +167,11 @@ def test_small_leaves_of_any_shapes_share_one_cond_and_one_selection_loop():
 
 
 def _fusions_reading(comps: dict[str, str], comp: str, shape: str) -> list[str]:
-    """The fusions called from ``comp`` whose fused computation takes a ``shape`` parameter."""
+    """The fusions (or calls) made from ``comp`` whose computation takes a ``shape`` parameter."""
     out = []
     for line in comps[comp].splitlines():
-        m = re.search(r" fusion\(.*calls=%([\w.\-]+)", line)
+        # A fusion, or (older XLA:CPU: jax 0.7) a call of the variadic reduce's computation.
+        m = re.search(r" (?:fusion\(.*calls|call\(.*to_apply)=%([\w.\-]+)", line)
         if m and re.search(rf"{re.escape(shape)}\S* parameter\(", comps.get(m.group(1), "")):
             out.append(m.group(1))
     return out
