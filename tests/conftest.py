@@ -2,10 +2,6 @@
 
 XLA_FLAGS must be set before jax is first imported; pytest imports this file before any test
 module (and before the doctests of jaxprune). Single-device tests simply use device 0.
-
-Scheduling (pyproject's ``-n 2 --dist loadgroup``): every test is its own unit of work, so the
-two workers stay balanced, except that tests sharing a module-scoped fixture (a trained model,
-a demo run) go to one worker as a group, so the fixture runs once.
 """
 
 import os
@@ -14,7 +10,6 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # Shapes vary per example, so every example compiles; keep the suite fast and deterministic.
@@ -43,19 +38,7 @@ def _fewer_examples(items):
         fn._hypothesis_internal_use_settings = settings(current, max_examples=fewer)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Groups the tests that share a module- or class-scoped fixture (one group per fixture)."""
+    """On CI's oldest-versions leg, fewer examples per property test (see above)."""
     if os.environ.get("JAXPRUNE_CI_LEG") == "oldest":
         _fewer_examples(items)
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:  # doctests
-            continue
-        shared = sorted(
-            name
-            for name, defs in info.name2fixturedefs.items()
-            if defs and defs[-1].scope in ("module", "class", "package")
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.path.name}::{'+'.join(shared)}"))

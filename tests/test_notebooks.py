@@ -46,7 +46,7 @@ def test_notebook_has_guarded_install_cell(name):
     assert "%pip install" in first_code.source
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory):
     """A kernelspec that runs this very interpreter, in a temporary JUPYTER_PATH entry.
 
