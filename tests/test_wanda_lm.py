@@ -8,6 +8,7 @@ then pruned one-shot at 50 % and 2:4 by magnitude and by Wanda, overall and one 
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -220,7 +221,7 @@ def test_wanda_masks_against_numpy_reference(demo):
     assert (groups.sum(1) == 2).all()
 
 
-def test_outputs_and_checkpoint_reuse(demo):
+def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
     config, summary = demo
     with open(os.path.join(config.out, "wanda.json")) as f:
         written = json.load(f)
@@ -233,6 +234,18 @@ def test_outputs_and_checkpoint_reuse(demo):
     # A second run loads the model: the same numbers without training.
     again = wd.run_wanda_demo(config.__class__(**{**config.__dict__, "plots": False}))
     assert again["loaded_checkpoint"] and again["overall"] == summary["overall"]
-    # A different training setting does not reuse it.
-    other = config.__class__(**{**config.__dict__, "steps": 3, "out": config.out + "_x"})
-    assert not wd.load_or_train(other, lm.load_corpus())[2]["loaded"]
+    # A different training setting does not reuse it: with the checkpoint copied to a fresh
+    # directory, 3 steps instead of 400 must train (stopped before any work: no compile).
+    shutil.copy(os.path.join(config.out, wd.CHECKPOINT), tmp_path / wd.CHECKPOINT)
+
+    class Trains(Exception):
+        pass
+
+    def train_lm(*args, **kwargs):
+        raise Trains
+
+    monkeypatch.setattr(wd.lm, "train_lm", train_lm)
+    same = config.__class__(**{**config.__dict__, "out": str(tmp_path)})
+    assert wd.load_or_train(same, lm.load_corpus())[2]["loaded"]
+    with pytest.raises(Trains):
+        wd.load_or_train(config.__class__(**{**same.__dict__, "steps": 3}), lm.load_corpus())
