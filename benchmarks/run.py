@@ -41,13 +41,13 @@ def main() -> None:
     if q:
         train_overhead.main(["--models", "mlp", "--rounds", "2"])
     else:
-        train_overhead.main(["--rounds", "10", "--methods", "exact,histogram"])
+        train_overhead.main(["--rounds", "8", "--methods", "exact,histogram"])
     # The same, with glibc told to keep large freed blocks mapped (no page faults on XLA's
     # per-step temporaries); it must be set before the process starts, hence a subprocess.
     print("\nWith MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296:\n", flush=True)
     tuned = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
     script = pathlib.Path(__file__).with_name("train_overhead.py")
-    models, rounds = ("mlp", "2") if q else ("mlp,cnn", "8")
+    models, rounds = ("mlp", "2") if q else ("mlp,cnn", "5")
     subprocess.run(
         [sys.executable, str(script), "--models", models, "--rounds", rounds],
         env={**os.environ, **tuned},
@@ -59,7 +59,7 @@ def main() -> None:
     memory_compile.main(["--layers", "5"] if q else [])
     lap("## 5. GPU: not available in this environment (CPU only).")
     lap("## 6. jaxprune and jaxpruner side by side")
-    peer_jaxpruner.main(["--quick"] if q else [])
+    peer_jaxpruner.main(["--quick"] if q else ["--mask-rounds", "2"])
     lap("## 7. Engine types: global threshold, N:M, channel, output scope")
     engine_cost.main(["--quick"] if q else [])
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

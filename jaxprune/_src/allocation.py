@@ -188,8 +188,7 @@ def output_mask(values: jax.Array, sparsity: jax.typing.ArrayLike) -> jax.Array:
     """Each output unit (slice along the last axis) keeps its ``num_kept(n, s)`` largest scores.
 
     ``n`` is the number of entries per output unit (``size / shape[-1]``); ties at a unit's
-    threshold are kept, as in TF. No sort and no transposed copy: one exact selection per unit,
-    all units in one loop whose counting passes reduce over the rows in place.
+    threshold are kept, as in TF. No sort: one exact selection per unit, vectorised.
 
     Args:
       values: the weight or its scores (ranked by magnitude, NaN as 0), ndim >= 1.
@@ -210,10 +209,11 @@ def output_mask(values: jax.Array, sparsity: jax.typing.ArrayLike) -> jax.Array:
       2023, https://arxiv.org/abs/2306.11695
     """
     units = values.shape[-1]
-    columns = values.reshape(-1, units)  # a view: the units stay the last (minor) axis
-    k = masks_lib.num_kept(columns.shape[0], sparsity)
-    thresholds = select.kth_largest_columns(columns, k, magnitude=True).astype(jnp.float32)
-    return masks_lib._compare_magnitudes(values, thresholds, strict=False)
+    rows = jnp.moveaxis(values, -1, 0).reshape(units, -1)
+    k = masks_lib.num_kept(rows.shape[1], sparsity)
+    thresholds = jax.vmap(lambda r: select.kth_largest(r, k, magnitude=True))(rows)
+    mask = masks_lib._compare_magnitudes(values, thresholds, strict=False)
+    return mask & ~jnp.isnan(values)
 
 
 def global_masks(

@@ -33,7 +33,6 @@ __all__ = [
     "bin_counts",
     "kth_largest",
     "kth_largest_and_max",
-    "kth_largest_columns",
     "kth_largest_each",
     "kth_largest_each_and_max",
     "largest_finite",
@@ -315,61 +314,6 @@ def kth_largest_each_and_max(
     return value, top
 
 
-def kth_largest_columns(
-    values: jax.Array, ks: jax.typing.ArrayLike, *, magnitude: bool = False
-) -> jax.Array:
-    """The k-th largest entry of every column of a 2-D array, ``ks[j]`` for column ``j``.
-
-    One selection loop for all columns, reading the array in place: each counting pass is one
-    reduction over the rows (vectorised along the columns), so no transposed copy is made and
-    a column-sharded array stays local. Bit-identical to sorting each column.
-
-    Args:
-      values: a ``[rows, columns]`` floating array (see :func:`kth_largest`).
-      ks: integer ranks, one per column (may be traced); clamped to ``[1, rows]``.
-      magnitude: rank ``where(isnan(v), 0, |v|)``.
-
-    Returns:
-      A vector with one value per column (float64 for float64 input, else float32).
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> kth_largest_columns(jnp.array([[1.0, 8.0], [4.0, 7.0], [3.0, 9.0]]), jnp.array([1, 2]))
-      Array([4., 8.], dtype=float32)
-    """
-    x = jnp.asarray(values)
-    if x.ndim != 2 or x.size == 0:
-        raise ValueError(f"kth_largest_columns needs a non-empty 2-D array, got shape {x.shape}")
-    fdtype, idtype = _search_dtypes([x])
-    rows, cols = x.shape
-    ks = jnp.broadcast_to(jnp.asarray(ks), (cols,))
-    big = np.iinfo(idtype).max
-
-    def counter(pivots, a, b, it):
-        data, _ = lax.optimization_barrier((x, it))
-        k = _keys(data, fdtype, idtype, magnitude)
-        p = pivots.shape[1]
-        operands = tuple((k >= pivots[None, :, i]).astype(jnp.int32) for i in range(p))
-        operands += (
-            jnp.where(k >= a[None, :], k, big),
-            jnp.where(k < b[None, :], k, idtype.type(-1)),
-        )
-        inits = (np.int32(0),) * p + (idtype.type(big), idtype.type(-1))
-
-        def combine(u, v):
-            sums = tuple(u[i] + v[i] for i in range(p))
-            return (*sums, jnp.minimum(u[p], v[p]), jnp.maximum(u[p + 1], v[p + 1]))
-
-        out = lax.reduce(operands, inits, combine, (0,))
-        return jnp.stack(out[:p], axis=1), out[p], out[p + 1]
-
-    # Each column's sample: a strided subset of its rows (static slices), as rows of [C, S].
-    stride = max(1, rows // _SAMPLE_SIZE)
-    sample = _keys(x[::stride, :], fdtype, idtype, magnitude).T
-    value, _, _ = _search(counter, sample, [rows] * cols, ks, fdtype, idtype)
-    return value
-
-
 def _search_dtypes(arrays: Sequence[jax.Array]) -> tuple[np.dtype, np.dtype]:
     for v in arrays:
         if not jnp.issubdtype(v.dtype, jnp.floating):
@@ -548,24 +492,20 @@ def _search(
 
 
 def _sample_pivots(
-    samples: list[jax.Array] | jax.Array, sizes: list[int], kk: jax.Array, hi0, idtype
+    samples: list[jax.Array], sizes: list[int], kk: jax.Array, hi0, idtype
 ) -> jax.Array:
     """First-pass pivots: quantiles of each item's sorted sample around the expected rank.
 
-    The samples of all items (a list, or one ``[items, S]`` array) are padded to one length
-    with the largest key and sorted together (one sort). The last column is a placeholder
-    (the caller sets it).
+    The samples of all items are padded to one length with the largest key and sorted
+    together (one sort). The last column is a placeholder (the caller sets it).
     """
     big = np.iinfo(idtype).max
-    if isinstance(samples, list):
-        s_len = max(int(s.shape[0]) for s in samples)
-        lengths = [s.shape[0] for s in samples]
-        samples = jnp.stack(
-            [jnp.pad(s, (0, s_len - s.shape[0]), constant_values=big) for s in samples]
-        )
-    else:
-        lengths = [samples.shape[1]] * samples.shape[0]
-    sample = jnp.sort(samples, axis=1)
+    s_len = max(int(s.shape[0]) for s in samples)
+    lengths = [s.shape[0] for s in samples]
+    sample = jnp.sort(
+        jnp.stack([jnp.pad(s, (0, s_len - s.shape[0]), constant_values=big) for s in samples]),
+        axis=1,
+    )
     s_num = jnp.asarray(np.array(lengths, np.float32))
     n_f = jnp.asarray(np.array(sizes, np.float32))
     frac = (n_f - kk.astype(jnp.float32) + 0.5) / n_f  # ascending quantile of the answer
