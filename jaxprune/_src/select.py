@@ -221,8 +221,9 @@ def _select(
 
     The largest value (NaN excluded, Inf included) comes free from the first pass.
     """
-    several = isinstance(values, (list, tuple))
-    item = list(values) if several else [values]
+    item: list[jax.Array] = (
+        list(values) if isinstance(values, (list, tuple)) else [jnp.asarray(values)]
+    )
     value, passes, top = _select_items([item], jnp.reshape(jnp.asarray(k), (1,)), magnitude)
     return value[0], passes, top[0]
 
@@ -304,9 +305,16 @@ def kth_largest_each_and_max(
             return (*sums, jnp.minimum(a[p], b[p]), jnp.maximum(a[p + 1], b[p + 1]))
 
         out = lax.reduce(operands, inits, combine, (1,))
-        seg = dict(segment_ids=row_item, num_segments=num, indices_are_sorted=True)
-        counts = jax.ops.segment_sum(jnp.stack(out[:p], axis=1), **seg)
-        return counts, jax.ops.segment_min(out[p], **seg), jax.ops.segment_max(out[p + 1], **seg)
+
+        def segments(op, x):
+            return op(x, row_item, num_segments=num, indices_are_sorted=True)
+
+        counts = segments(jax.ops.segment_sum, jnp.stack(out[:p], axis=1))
+        return (
+            counts,
+            segments(jax.ops.segment_min, out[p]),
+            segments(jax.ops.segment_max, out[p + 1]),
+        )
 
     # No sample: a strided sample per array would add ops per array (compile time); the
     # first pass places its pivots by interpolation over the whole key range instead.
@@ -375,7 +383,7 @@ def _select_items(
 
 def _search(
     counter,
-    samples: list[jax.Array] | jax.Array | None,
+    samples: list[jax.Array] | None,
     sizes: list[int],
     ks: jax.Array,
     fdtype,
