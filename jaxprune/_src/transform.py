@@ -429,29 +429,34 @@ def _pruned_not_zero(params, old_thresholds, old_sparsities) -> jax.Array:
     (donated, updated in place) masks on every step; full-size reductions over the params
     added a temporary buffer.
     """
-    # The samples of all leaves, as keys, padded with the largest key (never below a
-    # threshold, never the minimum): one fusion for the group, not one per leaf.
     samples = [_sample(p) for p in params]
     sizes = np.array([x.size for x in samples], np.float32)
-    width = int(sizes.max())
-    big = np.int32(np.iinfo(np.int32).max)
-    keys = jnp.stack(
-        [
-            jnp.pad(
-                jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32).reshape(-1)
-                & 0x7FFFFFFF,
-                (0, width - x.size),
-                constant_values=big,
-            )
-            for x in samples
-        ]
-    )
     t = jax.lax.bitcast_convert_type(
         jnp.stack([jnp.asarray(x, jnp.float32) for x in old_thresholds]), jnp.int32
     )
+
+    def keys_of(x):
+        return jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
+
+    if len(samples) == 1:
+        # One leaf (possibly sharded over explicit mesh axes): reduce its 2-D sample as is.
+        k = keys_of(samples[0])
+        no_zero = (jnp.min(k) > 0)[None]  # NaN counts as nonzero, a denormal flushed as zero
+        below = jnp.sum((k < t[0]) & (k > 0))[None].astype(jnp.float32)
+    else:
+        # The samples of all leaves, as keys, padded with the largest key (never below a
+        # threshold, never the minimum): one fusion for the group, not one per leaf.
+        width = int(sizes.max())
+        big = np.int32(np.iinfo(np.int32).max)
+        keys = jnp.stack(
+            [
+                jnp.pad(keys_of(x).reshape(-1), (0, width - x.size), constant_values=big)
+                for x in samples
+            ]
+        )
+        no_zero = jnp.min(keys, axis=1) > 0
+        below = jnp.sum((keys < t[:, None]) & (keys > 0), axis=1).astype(jnp.float32)
     n = jnp.asarray(sizes)
-    no_zero = jnp.min(keys, axis=1) > 0  # NaN counts as nonzero, a denormal flushed as zero
-    below = jnp.sum((keys < t[:, None]) & (keys > 0), axis=1).astype(jnp.float32)
     expected = jnp.stack([jnp.asarray(x, jnp.float32) for x in old_sparsities]) * n
     # Weights that all tie (the previous update then pruned nothing) and drift together
     # fall below the old threshold all at once; kept weights mostly stay above it.
