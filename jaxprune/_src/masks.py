@@ -460,6 +460,17 @@ def _histogram_threshold(
         lambda v: select.largest_finite(v, magnitude=magnitude).astype(jnp.float32),
         values,
     )
+    return _histogram_from_cut(value, m, k_cut, n, nbins)
+
+
+def _histogram_from_cut(
+    value: jax.Array, m: jax.Array, k_cut: jax.Array, n: jax.typing.ArrayLike, nbins: int
+) -> jax.Array:
+    """The histogram threshold from a_(K) (``value``), the span ``m`` and the cut ``K``.
+
+    ``(#bins with cdf < s) / nbins * m``, where that count is ``bin(a_(K))`` (0 if no
+    count falls below, ``nbins`` if none reaches ``s``). Scalars or vectors alike.
+    """
     safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
     token = jax.lax.bitcast_convert_type(m, jnp.int32)
     below = jnp.where(
@@ -527,13 +538,7 @@ def _histogram_thresholds_each(
         ),
         weights,
     )
-    safe_m = jnp.where(m > 0, m, jnp.float32(1.0))
-    token = jax.lax.bitcast_convert_type(m, jnp.int32)
-    below = jnp.where(
-        k_cut < 1, 0, jnp.where(k_cut > n, nbins, _bin_index(value, safe_m, nbins))
-    ).astype(jnp.float32)
-    below = below / floatops.rounded(jnp.float32(nbins), token=token)  # true division
-    return jnp.where(m > 0, below * m, jnp.float32(0.0))
+    return _histogram_from_cut(value, m, k_cut, n, nbins)
 
 
 def _first_count_reaching(n: int | np.ndarray, sparsity: jax.Array, token: jax.Array) -> jax.Array:

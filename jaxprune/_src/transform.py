@@ -691,6 +691,14 @@ def magnitude_pruning(
       for model compression", 2017, https://arxiv.org/abs/1710.01878
     """
     pruner = _Pruner(hparams, sparsity, params_filter)
+    return _chain_element(pruner, _jitted_update, "jaxprune.magnitude_pruning")
+
+
+def _chain_element(
+    pruner: _Pruner, jitted_update: Callable, name: str
+) -> optax.GradientTransformationExtraArgs:
+    """An optax transform whose state is ``pruner.init(params)`` and whose update is
+    ``jitted_update(static pruner, constant sparsity, updates, state, params)``."""
     static = pruner.bind(None)  # the constant sparsity travels as an argument
 
     def init_fn(params):
@@ -700,12 +708,19 @@ def magnitude_pruning(
         del extra_args
         if params is None:
             raise ValueError(
-                "jaxprune.magnitude_pruning needs the current params: call "
-                "tx.update(updates, opt_state, params)"
+                f"{name} needs the current params: call tx.update(updates, opt_state, params)"
             )
-        return _jitted_update(static, pruner.constant, updates, state, params)
+        return jitted_update(static, pruner.constant, updates, state, params)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _flat_updates(treedef, updates: Any) -> list[Any]:
+    """The (unboxed) updates' leaves aligned with params'; a ValueError if they do not fit."""
+    try:
+        return treedef.flatten_up_to(updates)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"updates do not have the structure of params: {e}") from None
 
 
 def _update(pruner: _Pruner, constant: Any, updates: Any, state: Any, params: Any):
@@ -715,10 +730,7 @@ def _update(pruner: _Pruner, constant: Any, updates: Any, state: Any, params: An
     params = tree_lib.unbox(params)
     updates = tree_lib.unbox(updates)
     leaves, treedef, _, plans = pruner.plan(params)
-    try:
-        update_leaves = treedef.flatten_up_to(updates)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"updates do not have the structure of params: {e}") from None
+    update_leaves = _flat_updates(treedef, updates)
     update_leaves = [
         u if plan is None else _match_sharding(u, leaf)
         for leaf, u, plan in zip(leaves, update_leaves, plans, strict=True)
@@ -760,10 +772,7 @@ def _masks_update(pruner: _Pruner, constant: Any, updates: Any, state: Any, para
     state = tree_lib.unbox(state)
     leaves, treedef, names, plans = pruner.plan(params)
     masks, _ = _check_state(state, treedef, leaves, names, plans)
-    try:
-        update_leaves = treedef.flatten_up_to(updates)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"updates do not have the structure of params: {e}") from None
+    update_leaves = _flat_updates(treedef, updates)
     out = [
         u if plan is None else jnp.where(m, _match_sharding(u, p), -p.astype(u.dtype))
         for p, u, m, plan in zip(leaves, update_leaves, masks, plans, strict=True)
@@ -785,21 +794,7 @@ _jitted_masks_update = jax.jit(_masks_update, static_argnums=0)
 
 def masks_transform(pruner: _Pruner) -> optax.GradientTransformationExtraArgs:
     """The transform behind :meth:`Pruning.masks_transform` (see there)."""
-    static = pruner.bind(None)  # the constant sparsity travels as an argument
-
-    def init_fn(params):
-        return pruner.init(params)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError(
-                "jaxprune.Pruning.masks_transform needs the current params: call "
-                "tx.update(updates, opt_state, params)"
-            )
-        return _jitted_masks_update(static, pruner.constant, updates, state, params)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _chain_element(pruner, _jitted_masks_update, "jaxprune.Pruning.masks_transform")
 
 
 def _is_state(x: Any) -> bool:
