@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import numbers
 import re
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune._src import allocation, structure
+from jaxprune._src import allocation, diagnostics, structure
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.hparams import PruningHParams, as_hparams
@@ -187,7 +186,7 @@ class _Pruner:
             for entry in getattr(hp, field):
                 regex = entry.rsplit(":", 1)[0]
                 if not any(re.search(regex, n) for n in names):
-                    tree_lib.warn(
+                    diagnostics.warn(
                         f"{field} entry {entry!r} matches no pruned parameter "
                         f"(pruned parameters: {names})"
                     )
@@ -482,16 +481,10 @@ def _sample(x: jax.Array) -> jax.Array:
 
 
 def _warn_if_not_last(names: list[str], flags: jax.Array, step: jax.Array) -> None:
-    """Warns, naming the leaves, when :func:`_pruned_not_zero` flagged any (see ``_NOT_LAST``).
-
-    The host callback runs in its own scalar ``lax.cond`` (only when a leaf is flagged).
-    """
-
-    def report(flags, step):
-        hits = [n for n, b in zip(names, flags, strict=True) if b]
-        warnings.warn(_NOT_LAST.format(step=int(step), names=hits), UserWarning, stacklevel=2)
-
-    jax.lax.cond(jnp.any(flags), lambda: jax.debug.callback(report, flags, step), lambda: None)
+    """Warns, naming the leaves, when :func:`_pruned_not_zero` flagged any (see ``_NOT_LAST``)."""
+    diagnostics.warn_if_any(
+        flags, step, names, lambda step, hits: _NOT_LAST.format(step=step, names=hits)
+    )
 
 
 def _warn_unusable_block_dims(hp: PruningHParams, leaves, plans) -> None:
@@ -517,7 +510,7 @@ def _warn_unusable_block_dims(hp: PruningHParams, leaves, plans) -> None:
             source = f"block_dims_map entry {entry!r}"
         by_source.setdefault(source, []).append(f"{plan.name} {tuple(leaf.shape)}")
     for source, weights in by_source.items():
-        tree_lib.warn(
+        diagnostics.warn(
             f"{source} apply to {weights}, which are not 2-D after squeezing size-1 dimensions. "
             "As in TF, blocks apply only to 2-D weights, so these are pruned element by element "
             "(unstructured). Narrow the regex or params_filter if that is not what you want."
@@ -915,9 +908,6 @@ _PRUNED_CHANGED = (
 
 def _warn_pruned_changed(names: list[str], flags: jax.Array, step: jax.Array) -> None:
     """Warns, naming the leaves, when ``update_masks`` found pruned weights that are not 0."""
-
-    def report(flags, step):
-        hits = [n for n, b in zip(names, flags, strict=True) if b]
-        warnings.warn(_PRUNED_CHANGED.format(step=int(step), names=hits), UserWarning, stacklevel=2)
-
-    jax.lax.cond(jnp.any(flags), lambda: jax.debug.callback(report, flags, step), lambda: None)
+    diagnostics.warn_if_any(
+        flags, step, names, lambda step, hits: _PRUNED_CHANGED.format(step=step, names=hits)
+    )

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import warnings
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import jax
@@ -214,31 +211,3 @@ def _check_unique_names(paths: list[tuple]) -> None:
                 "in weight_sparsity_map / block_dims_map; rename one of the keys."
             )
         seen[name] = path
-
-
-def _package_dirs() -> tuple[str, ...]:
-    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # jaxprune/
-    for module in ("optax", "flax", "jax", "jaxlib", "chex"):
-        mod = sys.modules.get(module)
-        file = getattr(mod, "__file__", None)
-        if file:
-            dirs.append(os.path.dirname(os.path.abspath(file)))
-    return tuple(d + os.sep for d in dirs)
-
-
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` attributed to the user's line, past jaxprune, optax, flax and jax frames.
-
-    The transform's ``init`` is called through optax's ``chain``, ``inject_hyperparams``,
-    Flax's ``TrainState.create`` / ``nnx.Optimizer`` or ``jax.jit``; a fixed stacklevel
-    would point into one of those.
-    """
-    internal = _package_dirs()
-    frame: FrameType | None = sys._getframe(1)
-    level = 2
-    while frame is not None and (
-        os.path.abspath(frame.f_code.co_filename).startswith(internal)
-        or frame.f_code.co_filename.startswith("<frozen")
-    ):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
