@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxprune._src.cli import main
+from jaxprune.demos.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxprune._src import cli, compare, demo
+from jaxprune.demos import cli, compare, demo
 
 # End-to-end demo runs: CI's oldest-versions leg deselects them (-m "not examples").
 pytestmark = pytest.mark.examples

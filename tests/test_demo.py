@@ -18,8 +18,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("tqdm")
 
 import jaxprune
-from jaxprune._src import cli
-from jaxprune._src import demo as demo_lib
+from jaxprune.demos import cli
+from jaxprune.demos import demo as demo_lib
 
 # End-to-end runs of the examples: CI's oldest-versions leg deselects them (-m 'not examples').
 pytestmark = pytest.mark.examples
@@ -364,7 +364,7 @@ def test_python_dash_m_help_and_light_import():
     )
     assert "sparsity_function_end_step" in run.stdout and "--target-sparsity" in run.stdout
     code = (
-        "import sys, jaxprune, jaxprune._src.cli; "
+        "import sys, jaxprune, jaxprune.demos.cli; "
         "print([m for m in ('flax', 'matplotlib', 'sklearn', 'tqdm') if m in sys.modules])"
     )
     run = subprocess.run(

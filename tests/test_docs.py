@@ -125,7 +125,7 @@ def _install_commands():
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         cells = json.loads(path.read_text())["cells"]
         texts[str(path.relative_to(ROOT))] = "\n".join("".join(c["source"]) for c in cells)
-    texts["cli.py"] = (ROOT / "jaxprune" / "_src" / "cli.py").read_text()
+    texts["cli.py"] = (ROOT / "jaxprune" / "demos" / "cli.py").read_text()
     for name, text in texts.items():
         for m in re.finditer(r"pip install ([^\n`]*)", text):
             yield name, m.group(1)

@@ -18,8 +18,8 @@ pytest.importorskip("flax.nnx")
 pytest.importorskip("matplotlib")
 
 import jaxprune
-from jaxprune._src import cli, lm
-from jaxprune._src import wanda_demo as wd
+from jaxprune.demos import cli, lm
+from jaxprune.demos import wanda_demo as wd
 
 # End-to-end demo runs: CI's oldest-versions leg deselects them (-m "not examples").
 pytestmark = pytest.mark.examples

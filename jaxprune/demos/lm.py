@@ -164,7 +164,7 @@ def windows(data: np.ndarray, seq_len: int, max_windows: int | None = None) -> n
 
     Examples:
       >>> import numpy as np
-      >>> from jaxprune._src.lm import windows
+      >>> from jaxprune.demos.lm import windows
       >>> windows(np.arange(10, dtype=np.uint8), 3).tolist()
       [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
     """
@@ -399,7 +399,7 @@ def is_block_linear(name: str, leaf: Any = None) -> bool:
       Whether ``name`` is a block's linear kernel.
 
     Examples:
-      >>> from jaxprune._src.lm import is_block_linear
+      >>> from jaxprune.demos.lm import is_block_linear
       >>> is_block_linear("blocks/0/mlp/up/kernel"), is_block_linear("head/kernel")
       (True, False)
     """

@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return 1
     if args.command == "demo-wanda":
-        from jaxprune._src import wanda_demo
+        from jaxprune.demos import wanda_demo
 
         wanda_demo.run_wanda_demo(
             wanda_demo.WandaDemoConfig(
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
-    from jaxprune._src import demo
+    from jaxprune.demos import demo
 
     config = demo.DemoConfig(
         target_sparsity=args.target_sparsity,
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         args.subparser.error(problem)
     if args.compare:
-        from jaxprune._src import compare
+        from jaxprune.demos import compare
 
         compare.compare_methods(config)
     else:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune
-from jaxprune._src import demo
+from jaxprune.demos import demo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +190,7 @@ def format_shrink(story: dict[str, Any]) -> str:
     """The shrink part of the comparison: what was removed, sizes, speed and accuracy.
 
     Examples:
-      >>> from jaxprune._src.compare import format_shrink
+      >>> from jaxprune.demos.compare import format_shrink
       >>> print(format_shrink({"report": "(report)", "parameters": {"dense": 100, "shrunk": 40},
       ...     "bytes": {"dense": 400, "shrunk": 160}, "milliseconds": {"dense": 2.0, "shrunk": 1.0},
       ...     "accuracy": {"dense": 0.9, "shrunk": 0.9}, "batch": 360,
@@ -233,7 +233,7 @@ def format_compare(summary: dict[str, Any]) -> str:
     """The comparison table: method, sparsity over all kernels, test accuracy vs dense.
 
     Examples:
-      >>> from jaxprune._src.compare import format_compare
+      >>> from jaxprune.demos.compare import format_compare
       >>> print(format_compare({"rows": [
       ...     {"method": "dense", "sparsity": 0.0, "accuracy": 0.98},
       ...     {"method": "global", "sparsity": 0.8, "accuracy": 0.97}]}))

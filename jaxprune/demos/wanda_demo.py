@@ -1,6 +1,6 @@
 """``jaxprune demo-wanda``: one-shot pruning of a small language model, magnitude vs Wanda.
 
-Trains (or loads from ``--out``) the byte-level transformer LM of :mod:`jaxprune._src.lm` on
+Trains (or loads from ``--out``) the byte-level transformer LM of :mod:`jaxprune.demos.lm` on
 Python's standard-library sources, then prunes every linear layer of its blocks once (the
 embeddings and the LM head stay dense, as in the Wanda paper), with no weight update:
 
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import jaxprune
-from jaxprune._src import lm
+from jaxprune.demos import lm
 
 CHECKPOINT = "lm_checkpoint.npz"
 #: Short names of the methods (per-block table and plot), in the order of METHODS.

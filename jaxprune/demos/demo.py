@@ -2,7 +2,7 @@
 
 Everything here needs the optional ``examples`` extra (flax, matplotlib,
 scikit-learn, tqdm): ``pip install "jaxprune[examples]"``. The command line
-lives in :mod:`jaxprune._src.cli`; this module holds the data, model, training
+lives in :mod:`jaxprune.demos.cli`; this module holds the data, model, training
 loop, report and plots, so the notebooks and tests can reuse them.
 
 The data ship with scikit-learn (``sklearn.datasets.load_digits``: 1797 8x8
@@ -86,7 +86,7 @@ def default_schedule(steps: int) -> dict[str, int]:
       ``sparsity_function_end_step`` and ``pruning_frequency``.
 
     Examples:
-      >>> from jaxprune._src.demo import default_schedule
+      >>> from jaxprune.demos.demo import default_schedule
       >>> default_schedule(1500)  # doctest: +NORMALIZE_WHITESPACE
       {'begin_pruning_step': 150, 'sparsity_function_begin_step': 150,
        'sparsity_function_end_step': 1000, 'pruning_frequency': 10}
