@@ -25,7 +25,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from common import cnn_model, machine, mlp_model
 
@@ -112,10 +111,9 @@ def measure(name: str, ns: list[int], repeats: int, quick: bool) -> list[dict]:
 
 
 def step_memory(fn, params, batch, label: str) -> None:
-    (steps,) = [s for s in calibration._STEP_CACHE.values() if s.fn is fn]
+    (steps,) = calibration.steps_of(fn)
     plan = next(iter(steps.plans.values()))
-    sumsq = {leaf: jnp.zeros(shape, jnp.float32) for leaf, shape in plan.shapes.items()}
-    ma = steps.step.lower(sumsq, params, batch).compile().memory_analysis()
+    ma = steps.step.lower(plan.zeros(), params, (batch,)).compile().memory_analysis()
     dev = jax.devices()[0].memory_stats() or {}
     peak = dev.get("peak_bytes_in_use")
     print(

@@ -5,9 +5,10 @@ pytrees and chainable optax transforms, and the methods that came after: global,
 channel pruning, one-shot and activation-aware (Wanda) pruning of trained models.
 """
 
-from jaxprune._src.calibration import activation_norms, wanda_scores
+from jaxprune._src.calibration import activation_norms, hessians, weight_layouts
 from jaxprune._src.checkpoint import abstract_state
 from jaxprune._src.hparams import PruningHParams, get_pruning_hparams, print_hparams
+from jaxprune._src.layout import WeightLayout
 from jaxprune._src.masks import (
     exact_threshold,
     expand_blocks,
@@ -22,6 +23,7 @@ from jaxprune._src.pruning import Pruning
 from jaxprune._src.schedule import sparsity_schedule
 from jaxprune._src.shrink import ShrinkReport, ShrunkFunction, format_report, shrink, shrink_nnx
 from jaxprune._src.sparse import to_bcoo
+from jaxprune._src.sparsegpt import sparsegpt
 from jaxprune._src.state import (
     PruningState,
     apply_masks,
@@ -31,6 +33,7 @@ from jaxprune._src.state import (
 )
 from jaxprune._src.transform import magnitude_pruning
 from jaxprune._src.tree import default_prunable, path_name
+from jaxprune._src.wanda import wanda, wanda_scores
 
 __version__ = "0.1.0"
 
@@ -41,6 +44,7 @@ __all__ = (
     "PruningState",
     "ShrinkReport",
     "ShrunkFunction",
+    "WeightLayout",
     "abstract_state",
     "activation_norms",
     "apply_masks",
@@ -51,6 +55,7 @@ __all__ = (
     "format_report",
     "get_pruning_hparams",
     "get_pruning_state",
+    "hessians",
     "histogram_cdf",
     "histogram_threshold",
     "magnitude_pruning",
@@ -61,10 +66,13 @@ __all__ = (
     "prune",
     "shrink",
     "shrink_nnx",
+    "sparsegpt",
     "sparsity_schedule",
     "strip_pruning",
     "summaries",
     "to_bcoo",
+    "wanda",
     "wanda_scores",
+    "weight_layouts",
     "weight_mask",
 )

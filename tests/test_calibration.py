@@ -1,4 +1,4 @@
-"""activation_norms and wanda_scores against NumPy references computed by hand in this file."""
+"""activation_norms, hessians and wanda_scores against NumPy references (here, tests/helpers.py)."""
 
 import itertools
 import warnings
@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxprune
 from jaxprune._src import calibration
+from tests.helpers import np_hessian
 
 RTOL = 2e-5
 
@@ -420,8 +421,7 @@ def test_one_trace_and_one_compile_per_batch_shape():
     assert traces == [(3, 4)]
     jaxprune.activation_norms(fn, params, batches_of(rng, 2, (5, 4)))
     assert traces == [(3, 4), (5, 4)]
-    (steps,) = [s for s in calibration._STEP_CACHE.values() if s.fn is fn]
-    assert steps.step._cache_size() == 2
+    assert calibration.compiled_steps(fn) == 2
 
 
 def test_sharded_params_and_batches_match_one_device():
@@ -514,52 +514,101 @@ def test_params_not_modified_and_no_warning_for_plain_model():
     jax.tree.map(np.testing.assert_array_equal, params, before)
 
 
-# ----------------------------------------------------------------------------- wanda_scores
+# ----------------------------------------------------------------------------- hessians
 
 
-def test_wanda_scores_broadcasting():
-    w = np.arange(24.0).reshape(2, 3, 4) - 12
+def test_hessians_batch_shapes_3d_inputs_weight_used_twice_and_out_in_layout():
+    rng = np.random.default_rng(20)
     params = {
-        "dense": jnp.asarray(w[0]),
-        "conv": jnp.asarray(w),
-        "tied": jnp.asarray(w[0]),
-        "b": jnp.ones(3),
+        "w1": jnp.asarray(rng.normal(size=(5, 6)) / 2, jnp.float32),
+        "w2": jnp.asarray(rng.normal(size=(6, 6)) / 2, jnp.float32),  # used twice
+        "head": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),  # (out, in): h @ head.T
+        "b": jnp.zeros(6),
     }
-    norms = {
-        "dense": jnp.array([1.0, 2.0, 3.0]),  # (in,) prefix of (3, 4)
-        "conv": jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),  # (2, 3) prefix of (2, 3, 4)
-        "tied": jnp.array([[1.0, 10.0, 100.0, 1000.0]]),  # (1, 4) at the weight's rank
-        "b": None,
+
+    def fn(p, x):
+        h1 = jnp.tanh(x @ p["w1"] + p["b"])
+        h2 = jnp.tanh(h1 @ p["w2"])
+        return (h2 @ p["w2"]) @ p["head"].T
+
+    shapes = [(4, 5), (7, 5), (2, 3, 5)]  # three batch shapes, one of them 3-D
+    xs = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+    h = jaxprune.hessians(fn, params, xs)
+    f = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    per = []
+    for x in xs:
+        x = np.asarray(x, np.float64).reshape(-1, 5)
+        h1 = np.tanh(x @ f["w1"])
+        h2 = np.tanh(h1 @ f["w2"])
+        per.append((x, h1, h2, h2 @ f["w2"]))
+    np.testing.assert_allclose(h["w1"], np_hessian(*(p[0] for p in per)), rtol=1e-5, atol=1e-5)
+    ref_w2 = np_hessian(*(p[1] for p in per), *(p[2] for p in per))
+    np.testing.assert_allclose(h["w2"], ref_w2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h["head"], np_hessian(*(p[3] for p in per)), rtol=1e-5, atol=1e-4)
+    assert h["head"].shape == (6, 6) and h["b"] is None and h["w1"].dtype == jnp.float32
+    # Norms are the square roots of the Hessians' diagonals: one mechanism, two statistics.
+    norms = jaxprune.activation_norms(fn, params, xs)
+    np.testing.assert_allclose(norms["w2"], np.sqrt(np.diag(ref_w2)), rtol=1e-5)
+    assert calibration.compiled_steps(fn, calibration.HESSIANS) == 3
+
+
+def test_hessians_conv_scan_heads_and_rejected_layouts():
+    rng = np.random.default_rng(21)
+    params = {
+        "conv": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
+        "depthwise": jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32),
+        "stack": jnp.asarray(rng.normal(size=(3, 4, 4)) / 2, jnp.float32),
+        "heads": jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32),  # (h, d, e)
+        "qkv": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32),
     }
-    scores = jaxprune.wanda_scores(params, norms)
-    np.testing.assert_array_equal(scores["dense"], np.abs(w[0]) * np.array([[1.0], [2.0], [3.0]]))
-    np.testing.assert_array_equal(scores["conv"], np.abs(w) * np.arange(1.0, 7.0).reshape(2, 3, 1))
-    np.testing.assert_array_equal(
-        scores["tied"], np.abs(w[0]) * np.array([1.0, 10.0, 100.0, 1000.0])
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def fn(p, batch):
+        img, x = batch
+        y = jax.lax.conv_general_dilated(img, p["conv"], (2, 2), "SAME", dimension_numbers=dn)
+        y = jax.lax.conv_general_dilated(
+            y, p["depthwise"], (1, 1), "SAME", dimension_numbers=dn, feature_group_count=4
+        )
+        h = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, p["stack"])[0]
+        per_head = jnp.einsum("bhd,hde->bhe", jnp.stack([h, -h], 1), p["heads"])
+        q, k = jnp.split(p["qkv"], 2, axis=1)  # an output axis sliced
+        return y, per_head, jnp.tanh(x @ q) @ k.T
+
+    img = jnp.asarray(rng.normal(size=(2, 7, 7, 2)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    with pytest.warns(UserWarning) as record:
+        h = jaxprune.hessians(fn, params, [(img, x)])
+    messages = " | ".join(str(w.message) for w in record)
+    assert "no Hessian for 'depthwise': a grouped convolution" in messages
+    assert "no Hessian for 'qkv'" in messages
+    assert h["depthwise"] is None and h["qkv"] is None
+    patches = np_same_patches(img, 3, 2).reshape(-1, 18)  # rows of (kh, kw, c)
+    np.testing.assert_allclose(h["conv"], np_hessian(patches), rtol=1e-5, atol=1e-4)
+    hs, hx = [], np.asarray(x, np.float64)
+    for layer in range(3):
+        hs.append(np_hessian(hx))
+        hx = np.tanh(hx @ np.asarray(params["stack"][layer], np.float64))
+    np.testing.assert_allclose(h["stack"], np.stack(hs), rtol=1e-5, atol=1e-5)
+    assert h["heads"].shape == (2, 4, 4)  # one per head; head 1 sees -h
+    np.testing.assert_allclose(h["heads"][0], np_hessian(hx), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h["heads"][1], np_hessian(hx), rtol=1e-5, atol=1e-5)
+
+
+def test_hessians_sharded_match_one_device_and_nnx_module_is_rejected():
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("x",))
+    rng = np.random.default_rng(22)
+    params = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)}
+    fn = lambda p, x: x @ p["w"]
+    xs = batches_of(rng, 2, (16, 8))
+    ref = jaxprune.hessians(fn, jax.device_put(params, devices[0]), xs)
+    sharded = {"w": jax.device_put(params["w"], NamedSharding(mesh, P(None, "x")))}
+    got = jaxprune.hessians(
+        fn, sharded, [jax.device_put(x, NamedSharding(mesh, P("x"))) for x in xs]
     )
-    assert scores["b"] is None
-    jitted = jax.jit(jaxprune.wanda_scores)(params, norms)
-    np.testing.assert_array_equal(jitted["conv"], scores["conv"])
-
-
-def test_wanda_scores_end_to_end_with_nnx_state_and_bf16():
-    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)
-    graphdef, state = nnx.split(model)
-    x = jnp.array([[1.0, 2.0, 2.0], [0.0, 0.0, 1.0]], jnp.bfloat16)
-    norms = jaxprune.activation_norms(lambda s, x: nnx.merge(graphdef, s)(x), state, [x])
-    scores = jaxprune.wanda_scores(state, norms)
-    kernel = np.asarray(state["kernel"][...], np.float64)
-    ref = np.abs(kernel) * np.array([1.0, 2.0, 3.0])[:, None]  # norms: 1, 2, sqrt(4 + 1)
-    ref[2] = np.abs(kernel[2]) * np.sqrt(5.0)
-    assert scores["kernel"].dtype == jnp.float32 and scores["bias"] is None
-    np.testing.assert_allclose(scores["kernel"], ref, rtol=1e-6)
-
-
-def test_wanda_scores_errors_name_the_leaf():
-    params = {"w": jnp.ones((3, 4))}
-    with pytest.raises(ValueError, match=r"'w'.*\(4,\)"):
-        jaxprune.wanda_scores(params, {"w": jnp.ones(4)})
-    with pytest.raises(ValueError, match=r"'w'.*\(3, 2\)"):
-        jaxprune.wanda_scores(params, {"w": jnp.ones((3, 2))})
-    with pytest.raises(ValueError, match=r"missing.*'w'.*unexpected.*'v'"):
-        jaxprune.wanda_scores(params, {"v": jnp.ones(3)})
+    np.testing.assert_allclose(got["w"], ref["w"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ref["w"], np_hessian(*xs), rtol=1e-5, atol=1e-4)
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    for f in (jaxprune.hessians, jaxprune.activation_norms):
+        with pytest.raises(ValueError, match=r"nnx.Module \(Linear\).*nnx.split"):
+            f(lambda m, x: m(x), model, [jnp.ones((1, 3))])
