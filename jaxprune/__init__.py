@@ -21,6 +21,7 @@ from jaxprune._src.masks import (
 from jaxprune._src.oneshot import FixedMasksState, fixed_masks, prune
 from jaxprune._src.pruning import Pruning
 from jaxprune._src.schedule import sparsity_schedule
+from jaxprune._src.sequential import prune_sequential
 from jaxprune._src.shrink import ShrinkReport, ShrunkFunction, format_report, shrink, shrink_nnx
 from jaxprune._src.sparse import to_bcoo
 from jaxprune._src.sparsegpt import sparsegpt
@@ -64,6 +65,7 @@ __all__ = (
     "pool_blocks",
     "print_hparams",
     "prune",
+    "prune_sequential",
     "shrink",
     "shrink_nnx",
     "sparsegpt",

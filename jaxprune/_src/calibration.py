@@ -383,7 +383,7 @@ def compiled_steps(fn: Callable, statistic: Statistic = NORMS) -> int:
     return sum(s.step._cache_size() for s in steps_of(fn, statistic))  # type: ignore[attr-defined]
 
 
-def _first_and_rest(batches: Iterable[Any], where: str) -> tuple[Any, Iterable[Any]]:
+def first_and_rest(batches: Iterable[Any], where: str) -> tuple[Any, Iterable[Any]]:
     try:
         iterator = iter(batches)
     except TypeError:
@@ -426,7 +426,7 @@ def collect(
     check_params(params, where)
     unboxed = tree_lib.unbox(params)
     leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(unboxed, params_filter)
-    first, rest = _first_and_rest(batches, where)
+    first, rest = first_and_rest(batches, where)
     steps = _steps_for(fn, params, names, prunable, statistic)
     plan = _plan_or_raise(steps, fn, params, first, 0, where)
     plan.warn(where, stacklevel + 1)

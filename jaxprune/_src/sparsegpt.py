@@ -129,29 +129,35 @@ def prune_matrix(
     return jnp.where(keep, w[:, :d], 0.0), keep, ok
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _prune(leaves, hs, rules, block_size, damping):
-    out: list[Any] = []
-    masks: list[Any] = []
-    oks: list[Any] = []
-    for leaf, h, rule in zip(leaves, hs, rules, strict=True):
-        if rule is None:
-            out.append(leaf)
-            masks.append(None)
-            oks.append(None)
-            continue
-        lay = rule.layout
-        w = lay.to_matrix(leaf)
-        h = jnp.reshape(h, (lay.groups, lay.d, lay.d))
-        one = functools.partial(
-            prune_matrix, target=rule.target, nm=rule.nm, block_size=block_size, damping=damping
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def prune_leaf(
+    leaf: jax.Array,
+    h: jax.Array,
+    layout: layout_lib.WeightLayout,
+    target: float,
+    nm: tuple[int, int] | None,
+    block_size: int,
+    damping: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """SparseGPT on one weight, matrix by matrix of its layout: ``(new_leaf, keep, ok)``."""
+    w = layout.to_matrix(leaf)
+    h = jnp.reshape(h, (layout.groups, layout.d, layout.d))
+    one = functools.partial(
+        prune_matrix, target=target, nm=nm, block_size=block_size, damping=damping
+    )
+    new, keep, ok = jax.vmap(one)(w, h)
+    keep = layout.from_matrix(keep)
+    new = jnp.where(keep, layout.from_matrix(new).astype(leaf.dtype), jnp.zeros_like(leaf))
+    return new, keep, jnp.all(ok)
+
+
+def check_factor(ok: Any, name: str, damping: float, where: str) -> None:
+    """Raises (outside ``jit``) if a weight's inverse Hessian factor was not finite."""
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise ValueError(
+            f"{where}: the damped Hessian of {name!r} is not positive definite in float32 "
+            f"(its inverse's Cholesky factor is not finite); raise damping (now {damping})"
         )
-        new, keep, ok = jax.vmap(one)(w, h)
-        keep = lay.from_matrix(keep)
-        out.append(jnp.where(keep, lay.from_matrix(new).astype(leaf.dtype), jnp.zeros_like(leaf)))
-        masks.append(keep)
-        oks.append(jnp.all(ok))
-    return out, masks, oks
 
 
 def hessian_layout(name: str, leaf: Any, h: Any) -> layout_lib.WeightLayout | str:
@@ -290,12 +296,13 @@ def sparsegpt(
                 f"{where}: the Hessian of {rule.name!r} must have shape {want} for its layout "
                 f"{rule.layout}, got {tuple(np.shape(h))}"
             )
-    out, masks, oks = _prune(leaves, h_leaves, tuple(rules), block_size, damping)
-    for ok, rule in zip(oks, rules, strict=True):
-        if rule is not None and not isinstance(ok, jax.core.Tracer) and not bool(ok):
-            raise ValueError(
-                f"{where}: the damped Hessian of {rule.name!r} is not positive definite in "
-                f"float32 (its inverse's Cholesky factor is not finite); raise damping "
-                f"(now {damping})"
-            )
+    out: list[Any] = list(leaves)
+    masks: list[Any] = [None] * len(leaves)
+    for i, (h, rule) in enumerate(zip(h_leaves, rules, strict=True)):
+        if rule is None:
+            continue
+        out[i], masks[i], ok = prune_leaf(
+            leaves[i], h, rule.layout, rule.target, rule.nm, block_size, damping
+        )
+        check_factor(ok, rule.name, damping, where)
     return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, masks)

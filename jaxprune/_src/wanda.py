@@ -23,7 +23,7 @@ from jaxprune._src import layout as layout_lib
 from jaxprune._src import tree as tree_lib
 
 
-def _broadcast_norms(where: str, name: str, w_shape: tuple[int, ...], n: Any) -> jax.Array:
+def broadcast_norms(where: str, name: str, w_shape: tuple[int, ...], n: Any) -> jax.Array:
     """Norms reshaped to broadcast against the weight, or a ValueError naming the leaf."""
     n_shape = tuple(np.shape(n))
     if len(n_shape) < len(w_shape):
@@ -97,7 +97,7 @@ def wanda_scores(params: Any, norms: Any) -> Any:
             continue
         if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
             raise ValueError(f"wanda_scores: {name!r} is not a floating-point array")
-        n = _broadcast_norms("wanda_scores", name, tuple(np.shape(w)), n)
+        n = broadcast_norms("wanda_scores", name, tuple(np.shape(w)), n)
         out.append(jnp.abs(w).astype(jnp.float32) * n)
     return jax.tree.unflatten(treedef, out)
 
@@ -123,39 +123,29 @@ def layout_from_norms(
     return layout_lib.WeightLayout(shape, inputs)
 
 
-def unit_mask(scores: jax.Array, rule: calibrated.MethodRule) -> jax.Array:
-    """Wanda's mask of one weight from its scores: per output unit, or N:M along the inputs.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def mask_leaf(
+    leaf: jax.Array,
+    norm: jax.Array,
+    layout: layout_lib.WeightLayout,
+    target: float,
+    nm: tuple[int, int] | None,
+) -> tuple[jax.Array, jax.Array]:
+    """Wanda on one weight: ``(pruned_leaf, keep)`` from its norms (broadcastable to it).
 
     Each output unit (a row of every ``(out, d)`` matrix of the layout) keeps its
-    ``num_kept(d, s)`` largest scores (ties at its threshold kept, as
+    ``num_kept(d, s)`` largest scores ``|w| * norm`` (ties at its threshold kept, as
     ``pruning_scope="output"``); N:M keeps the ``n`` largest of every ``m`` consecutive input
     features of an output unit (ties to the lower index).
     """
-    lay = rule.layout
-    m = lay.to_matrix(scores)  # (groups, out, d)
-    if rule.nm is not None:
-        n, group = rule.nm
-        mask = structure.nm_mask(m, group, n, axis=2)
+    scores = layout.to_matrix(jnp.abs(leaf).astype(jnp.float32) * norm)  # (groups, out, d)
+    if nm is not None:
+        mask = structure.nm_mask(scores, nm[1], nm[0], axis=2)
     else:
-        rows = m.reshape(-1, lay.d)
-        mask = allocation.output_mask(rows.T, rule.target).T.reshape(m.shape)
-    return lay.from_matrix(mask)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _prune(leaves, norms, rules):
-    out: list[Any] = []
-    masks: list[Any] = []
-    for leaf, n, rule in zip(leaves, norms, rules, strict=True):
-        if rule is None:
-            out.append(leaf)
-            masks.append(None)
-            continue
-        scores = jnp.abs(leaf).astype(jnp.float32) * n
-        mask = unit_mask(scores, rule)
-        out.append(jnp.where(mask, leaf, jnp.zeros_like(leaf)))
-        masks.append(mask)
-    return out, masks
+        rows = scores.reshape(-1, layout.d)
+        mask = allocation.output_mask(rows.T, target).T.reshape(scores.shape)
+    keep = layout.from_matrix(mask)
+    return jnp.where(keep, leaf, jnp.zeros_like(leaf)), keep
 
 
 def wanda(
@@ -220,9 +210,11 @@ def wanda(
     leaves, treedef, norm_leaves, rules = calibrated.resolve(
         "wanda", params, norms, hparams, sparsity, layouts, default_layout
     )
-    broadcast = [
-        None if r is None else _broadcast_norms("wanda", r.name, tuple(np.shape(leaf)), n)
-        for leaf, n, r in zip(leaves, norm_leaves, rules, strict=True)
-    ]
-    out, masks = _prune(leaves, broadcast, tuple(rules))
+    out: list[Any] = list(leaves)
+    masks: list[Any] = [None] * len(leaves)
+    for i, (n, rule) in enumerate(zip(norm_leaves, rules, strict=True)):
+        if rule is None:
+            continue
+        n = broadcast_norms("wanda", rule.name, tuple(np.shape(leaves[i])), n)
+        out[i], masks[i] = mask_leaf(leaves[i], n, rule.layout, rule.target, rule.nm)
     return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, masks)
