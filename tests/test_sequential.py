@@ -92,9 +92,7 @@ def test_pieces_equal_one_full_pass_per_group():
     params = _model_params(1)
     rng = np.random.default_rng(2)
     xs = [jnp.asarray(rng.normal(size=(6, 8)), jnp.float32) for _ in range(2)]
-    graph = sequential.flat_graph(
-        jaxprune._src.model_graph.trace(_model, params, xs[0]), params, xs[0]
-    )
+    graph = sequential.flat_graph(jaxprune._src.jaxpr.trace(_model, params, xs[0]), params, xs[0])
     names = list(graph.param_names)
     groups = sequential.groups_in_order(sequential.spans(graph, range(len(names))))
     assert [[names[i] for i in g.leaves] for g in groups] == [

@@ -13,7 +13,7 @@ numbered row-major over the input axes in leaf order (a conv's ``(h, w, in)``), 
 row-major over the output axes.
 
 :func:`layout_of_uses` reads the layout from a weight's traced uses
-(:class:`jaxprune._src.model_graph.ParamUse`); :func:`jaxprune.weight_layouts` does so for every
+(:class:`jaxprune._src.jaxpr.ParamUse`); :func:`jaxprune.weight_layouts` does so for every
 weight of a model function.
 
 References:
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxprune._src import model_graph as mg
+from jaxprune._src import jaxpr as mg
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from jaxprune._src import calibrated, calibration, sparsegpt, wanda
+from jaxprune._src import jaxpr as mg
 from jaxprune._src import layout as layout_lib
-from jaxprune._src import model_graph as mg
 from jaxprune._src import tree as tree_lib
 
 _METHODS = ("sparsegpt", "wanda")
