@@ -29,6 +29,9 @@ TF_DEFAULTS = {  # TF r1.15 get_pruning_hparams(), plus jaxprune's fields that d
     "sparsity_distribution": "uniform",
     "sparsity_type": "unstructured",
     "sparsity_axis": None,
+    "owl_m": 5.0,  # OWL's (used only with sparsity_distribution="owl")
+    "owl_lambda": 0.08,
+    "owl_groups": None,
 }
 
 

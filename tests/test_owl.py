@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxprune
 from jaxprune._src import owl
 
 
@@ -81,3 +82,80 @@ def test_group_regex_checks():
     ]:
         with pytest.raises(ValueError, match=re.escape("owl_groups") + ".*" + match):
             owl.check_groups_regex(bad)
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_hparams_fields_validation_and_parse():
+    hp = jaxprune.get_pruning_hparams().parse(
+        r"sparsity_distribution=owl,owl_m=3,owl_lambda=0.1,owl_groups=layers_(\d+)/"
+    )
+    assert (hp.owl_m, hp.owl_lambda, hp.owl_groups) == (3.0, 0.1, r"layers_(\d+)/")
+    assert jaxprune.PruningHParams.from_dict(hp.to_dict()) == hp
+    assert jaxprune.get_pruning_hparams().parse("owl_groups=none").owl_groups is None
+    for kwargs, match in [
+        ({"owl_m": -1.0}, "owl_m must be a finite number > 0"),
+        ({"owl_m": float("nan")}, "owl_m must be a finite number > 0"),
+        ({"owl_m": 0.0}, "owl_m must be a finite number > 0"),
+        ({"owl_lambda": -0.1}, "owl_lambda must be a finite number >= 0"),
+        ({"owl_lambda": float("nan")}, "owl_lambda must be a finite number >= 0"),
+        ({"owl_groups": "layers_"}, "owl_groups.*exactly one capturing group"),
+        ({"owl_groups": 3}, "owl_groups must be a string"),
+        ({"sparsity_distribution": "owl", "pruning_scope": "global"}, "use 'uniform'"),
+        (
+            {"sparsity_distribution": "owl", "sparsity_type": "2:4"},
+            "N:M fixes every weight's sparsity",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            jaxprune.get_pruning_hparams().replace(**kwargs)
+
+
+def test_prune_with_owl_prunes_each_weight_to_its_closed_form_share():
+    rng = np.random.default_rng(5)
+    shapes = {"a": (16, 8), "b": (16, 8), "c": (8, 32)}
+    outliers = {"a": 2, "b": 12, "c": 6}
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+    scores = {k: jnp.asarray(_scores(rng, shapes[k], outliers[k])) for k in shapes}
+    hp = {"sparsity_distribution": "owl", "owl_lambda": 0.1, "target_sparsity": 0.6}
+    _, masks = jaxprune.prune(params, hp, scores=scores)
+    ref, _ = np_owl([[scores[k]] for k in ("a", "b", "c")], 0.6, 5.0, 0.1)
+    for k, s in zip(("a", "b", "c"), ref, strict=True):
+        size = np.prod(shapes[k])
+        kept = max(1, int(np.round(np.float32(size) * np.float32(1 - s))))
+        assert int(np.sum(masks[k])) == kept, k
+    with pytest.raises(ValueError, match="sparsity_distribution='owl' needs scores"):
+        jaxprune.prune(params, hp)
+    with pytest.raises(ValueError, match="sparsity_distribution='owl' needs scores"):
+        jaxprune.magnitude_pruning(hp).init(params)
+
+
+def test_wanda_sparsegpt_and_sequential_take_owl_shares_of_wanda_scores():
+    rng = np.random.default_rng(6)
+    params = {
+        "l0": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32),
+        "l1": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+    }
+    x = np.exp(2 * rng.normal(size=(64, 8)))
+    x[:, 0] *= 30  # an outlier feature: l0's scores hold outliers
+    fn = lambda p, x: jnp.tanh(x @ p["l0"]) @ p["l1"]
+    xs = [jnp.asarray(x, jnp.float32)]
+    hp = {"sparsity_distribution": "owl", "owl_lambda": 0.1, "target_sparsity": 0.5}
+    norms = jaxprune.activation_norms(fn, params, xs)
+    scores = jaxprune.wanda_scores(params, norms)
+    ref, d = np_owl([[scores["l0"]], [scores["l1"]]], 0.5, 5.0, 0.1)
+    assert d[0] > d[1]  # so l0 is pruned less
+    _, wm = jaxprune.wanda(params, norms, hp)
+    h = jaxprune.hessians(fn, params, xs)
+    _, sm = jaxprune.sparsegpt(params, h, hp, block_size=8)
+    _, qm = jaxprune.prune_sequential(fn, params, xs, hp, block_size=8)
+    for k, s in zip(("l0", "l1"), ref, strict=True):
+        # Wanda: per output unit (8 or 16 inputs), round(d * (1 - s)) kept; SparseGPT: per
+        # block of 8 columns, floor(numel * s) pruned.
+        d_in = params[k].shape[0]
+        kept = int(np.round(np.float32(d_in) * np.float32(1 - s))) * params[k].shape[1]
+        assert int(np.sum(wm[k])) == kept, k
+        out, d_in = params[k].shape[1], params[k].shape[0]
+        pruned = sum(int(out * min(8, d_in - i) * s) for i in range(0, d_in, 8))
+        assert int(np.sum(~np.asarray(sm[k]))) == pruned == int(np.sum(~np.asarray(qm[k])))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune._src import masks as masks_lib
-from jaxprune._src import select, structure
+from jaxprune._src import owl, select, structure
 from jaxprune._src.hparams import PruningHParams
 
 
@@ -82,12 +83,14 @@ def resolve_rules(
     leaves: Sequence[jax.Array],
     prunable: Sequence[bool],
     sparsity: float | None = None,
+    owl_values: Sequence[Any] | None = None,
 ) -> list[LeafRule | None]:
     """Resolves every pruned leaf's rule (target, structure, scope); None for the others.
 
     The one place a weight's target is decided: its ``weight_sparsity_map`` entry if one matches
-    (a fixed override), else its ERK share of ``sparsity`` (``sparsity_distribution="erk"``), else
-    ``sparsity`` itself. ``sparsity`` defaults to ``hparams.target_sparsity``.
+    (a fixed override), else its ERK share of ``sparsity`` (``sparsity_distribution="erk"``) or
+    its OWL share (``"owl"``, from ``owl_values``), else ``sparsity`` itself. ``sparsity``
+    defaults to ``hparams.target_sparsity``.
 
     Args:
       hparams: the pruning hyperparameters.
@@ -95,13 +98,16 @@ def resolve_rules(
       leaves: the leaves (arrays or shape-dtype structs).
       prunable: which leaves are pruned.
       sparsity: the overall target, if not ``hparams.target_sparsity``.
+      owl_values: for ``sparsity_distribution="owl"``: the scores ranked for each leaf (aligned
+        with ``leaves``; only the pruned leaves' are read).
 
     Returns:
       A list aligned with ``leaves``.
 
     Raises:
       ValueError: naming the weight, for an axis out of range or an N:M group axis whose length is
-        not a multiple of M, or an N:M ``sparsity`` other than (M-N)/M.
+        not a multiple of M, or an N:M ``sparsity`` other than (M-N)/M; for OWL without
+        scores (naming ``sparsity_distribution``) or a group sparsity outside ``[0, 1)``.
     """
     hp = hparams
     overall = hp.target_sparsity if sparsity is None else float(sparsity)
@@ -118,6 +124,23 @@ def resolve_rules(
     free = [i for i in pruned if fixed[i] is None]
     if hp.sparsity_distribution == "erk":
         shares = erk_targets([tuple(leaves[i].shape) for i in free], overall)
+        targets = dict(zip(free, shares, strict=True))
+    elif hp.sparsity_distribution == "owl":
+        if owl_values is None:
+            raise ValueError(
+                "hparam sparsity_distribution='owl' needs scores (OWL's layer sparsities come "
+                "from their outliers): use jaxprune.prune(params, hparams, scores=...) (e.g. "
+                "jaxprune.wanda_scores), jaxprune.wanda, jaxprune.sparsegpt or "
+                "jaxprune.prune_sequential; the training transforms have no scores"
+            )
+        shares = owl.owl_targets(
+            [owl_values[i] for i in free],
+            [names[i] for i in free],
+            overall,
+            m=hp.owl_m,
+            lam=hp.owl_lambda,
+            groups=hp.owl_groups,
+        )
         targets = dict(zip(free, shares, strict=True))
     else:
         targets = dict.fromkeys(free, overall)

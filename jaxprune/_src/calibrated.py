@@ -2,10 +2,11 @@
 
 :func:`jaxprune.wanda` and :func:`jaxprune.sparsegpt` each take ``params``, one calibration
 statistic per weight (norms or Hessians: None leaves are not pruned), the hyperparameters and
-optional layouts. This module resolves, once and before any computation, every pruned weight's
-:class:`MethodRule`: its end target (``weight_sparsity_map``, the ERK or OWL share, or
-``sparsity``), its N:M structure and its :class:`jaxprune.WeightLayout`, and rejects the
-hyperparameters that have no meaning for these methods, naming the field.
+optional layouts. This module resolves, once, every pruned weight's :class:`MethodRule`: its
+end target (``weight_sparsity_map``, the ERK or OWL share -- OWL's from the method's scores,
+Wanda's ``|W| * ||X||`` --, or ``sparsity``), its N:M structure and its
+:class:`jaxprune.WeightLayout`, and rejects the hyperparameters that have no meaning for these
+methods, naming the field.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def resolve(
     sparsity: Any,
     layouts: Any,
     default_layout: Callable[[str, Any, Any], layout_lib.WeightLayout | str],
+    owl_scores: Callable[[list[Any], list[Any], list[Any]], list[Any]] | None = None,
 ) -> tuple[list[Any], Any, list[Any], list[MethodRule | None]]:
     """Flattens params and stats and resolves the rule of every weight with a statistic.
 
@@ -113,6 +115,8 @@ def resolve(
       layouts: None, or a pytree like params of :class:`jaxprune.WeightLayout` (None leaves
         take the default).
       default_layout: ``(name, leaf, stat) -> WeightLayout or reason`` when no layout is given.
+      owl_scores: for ``sparsity_distribution="owl"``: ``(leaves, stats, layouts) -> scores``
+        (one array per pruned leaf, None for the others), whose outliers set OWL's targets.
 
     Returns:
       ``(leaves, treedef, stat_leaves, rules)``, rules None for the leaves left alone.
@@ -150,13 +154,9 @@ def resolve(
             f"{where}: sparsity={overall!r} does not match sparsity_type={hp.sparsity_type!r}: "
             f"N:M prunes exactly (M-N)/M = {nm.sparsity!r}"
         )
-    unstructured = hp.replace(
-        sparsity_type="unstructured", target_sparsity=nm.sparsity if nm else hp.target_sparsity
-    )
-    base = allocation.resolve_rules(unstructured, names, leaves, pruned, overall)
-    rules: list[MethodRule | None] = [None] * len(leaves)
-    for i, rule in enumerate(base):
-        if rule is None:
+    lays: list[layout_lib.WeightLayout | None] = [None] * len(leaves)
+    for i, p in enumerate(pruned):
+        if not p or not getattr(leaves[i], "size", 0):
             continue
         given = layout_leaves[i]
         if given is not None:
@@ -172,16 +172,26 @@ def resolve(
             lay = default_layout(names[i], leaves[i], stat_leaves[i])
         if isinstance(lay, str):
             raise ValueError(f"{where}: weight {names[i]!r}: {lay}")
-        pair = None
-        if nm is not None:
-            if lay.d % nm.m:
-                raise ValueError(
-                    f"{where}: sparsity_type={hp.sparsity_type!r}: weight {names[i]!r} has "
-                    f"{lay.d} input features (axes {lay.input_axes} of {lay.shape}), not a "
-                    f"multiple of M={nm.m}; leave it out (None statistic)"
-                )
-            pair = (nm.n, nm.m)
-        rules[i] = MethodRule(rule.name, rule.target, pair, lay, rule.fixed)
+        if nm is not None and lay.d % nm.m:
+            raise ValueError(
+                f"{where}: sparsity_type={hp.sparsity_type!r}: weight {names[i]!r} has "
+                f"{lay.d} input features (axes {lay.input_axes} of {lay.shape}), not a "
+                f"multiple of M={nm.m}; leave it out (None statistic)"
+            )
+        lays[i] = lay
+    unstructured = hp.replace(
+        sparsity_type="unstructured", target_sparsity=nm.sparsity if nm else hp.target_sparsity
+    )
+    values = None
+    if hp.sparsity_distribution == "owl" and owl_scores is not None:
+        values = owl_scores(leaves, stat_leaves, lays)
+    base = allocation.resolve_rules(unstructured, names, leaves, pruned, overall, values)
+    rules: list[MethodRule | None] = [None] * len(leaves)
+    for i, rule in enumerate(base):
+        chosen = lays[i]
+        if rule is not None and chosen is not None:
+            pair = None if nm is None else (nm.n, nm.m)
+            rules[i] = MethodRule(rule.name, rule.target, pair, chosen, rule.fixed)
     return leaves, treedef, stat_leaves, rules
 
 

@@ -18,7 +18,7 @@ _POOLING_FUNCTIONS = ("AVG", "MAX")
 _THRESHOLD_METHODS = ("exact", "histogram")
 _MAP_FIELDS = ("weight_sparsity_map", "block_dims_map")
 _PRUNING_SCOPES = ("layer", "global", "output")
-_SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
+_SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "owl")
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -66,8 +66,11 @@ class PruningHParams:
         output unit, a slice along the weight's last axis, on its own: Wanda's
         comparison group).
       sparsity_distribution: Per-weight targets: ``"uniform"`` (every weight at
-        ``target_sparsity``, the default) or ``"erk"`` (Erdos-Renyi-Kernel:
-        density proportional to ``sum(shape) / prod(shape)``).
+        ``target_sparsity``, the default), ``"erk"`` (Erdos-Renyi-Kernel:
+        density proportional to ``sum(shape) / prod(shape)``) or ``"owl"`` (OWL,
+        Yin et al. 2024: weights whose scores hold more outliers are pruned less;
+        one-shot only, from scores: ``prune(..., scores=...)``, ``wanda``,
+        ``sparsegpt``, ``prune_sequential``).
       sparsity_type: What is kept: ``"unstructured"`` (elementwise, or TF's
         blocks; the default), an N:M string such as ``"2:4"`` (the N largest of
         every M consecutive entries along ``sparsity_axis``) or ``"channel"``
@@ -75,6 +78,14 @@ class PruningHParams:
       sparsity_axis: The axis of N:M groups or of channels; None means the
         type's default: ``-2`` (the input axis of Dense and Conv kernels) for
         N:M, ``-1`` (the output axis) for channels.
+      owl_m: OWL's outlier threshold ``M``: a score above ``owl_m`` times its
+        group's mean score is an outlier (default 5).
+      owl_lambda: OWL's ``lambda``: the group sparsities lie within
+        ``target_sparsity +- owl_lambda`` (default 0.08).
+      owl_groups: None (each weight its own OWL group) or a regex with one
+        capturing group, ``re.search``-ed against each weight's name, whose
+        capture names the group (e.g. ``"layers_(\\d+)/"``: one group per block,
+        as the paper); weights it does not match are their own groups.
 
     Examples:
       >>> import jaxprune
@@ -109,6 +120,9 @@ class PruningHParams:
     sparsity_distribution: str = "uniform"
     sparsity_type: str = "unstructured"
     sparsity_axis: int | None = None
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    owl_groups: str | None = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -357,7 +371,7 @@ def print_hparams(hparams: PruningHParams) -> str:
       ...
       threshold_method=exact
       ...
-      sparsity_axis=None
+      owl_groups=None
     """
     text = str(hparams)
     print(text)
@@ -382,7 +396,9 @@ def _format_value(value: Any) -> str:
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
     """Type-checks one field value, converting lossless forms (list -> tuple, int -> float)."""
-    if annotation == "str":
+    if annotation == "str | None" and value is None:
+        return None
+    if annotation in ("str", "str | None"):
         if not isinstance(value, str):
             raise ValueError(f"hparam {name} must be a string, got {value!r}")
         return value
@@ -600,6 +616,14 @@ def _validate_engine(hp: PruningHParams) -> None:
                 f"hparam target_sparsity={hp.target_sparsity!r} does not match "
                 f"sparsity_type={hp.sparsity_type!r}: N:M ends at (M-N)/M = {kind.sparsity!r}"
             )
+    for key, low in (("owl_m", "> 0"), ("owl_lambda", ">= 0")):
+        value = getattr(hp, key)
+        if not math.isfinite(value) or value < 0 or (low == "> 0" and value == 0):
+            raise ValueError(f"hparam {key} must be a finite number {low}, got {value!r}")
+    # Imported here, as structure above: owl.py holds OWL's rules.
+    from jaxprune._src.owl import check_groups_regex
+
+    check_groups_regex(hp.owl_groups)
     if hp.sparsity_axis is not None and not -64 <= hp.sparsity_axis < 64:
         raise ValueError(
             f"hparam sparsity_axis must be a small int or None, got {hp.sparsity_axis}"
@@ -715,6 +739,8 @@ def _parse_scalar(key: str, annotation: str, raw: str) -> Any:
         if lowered in ("false", "0"):
             return False
         raise ValueError(f"hparam {key} must be a bool (true/false), got {raw!r}")
+    if annotation == "str | None":
+        return None if raw.lower() == "none" else raw
     if annotation == "int | None" and raw.lower() == "none":
         return None
     if annotation in ("int", "int | None"):

@@ -25,7 +25,8 @@ def prune(
     """Prunes ``params`` once, now, to ``sparsity`` (no schedule, no optimizer).
 
     Every option of the hyperparameters applies: ``pruning_scope`` (``"layer"``, ``"global"``,
-    ``"output"``), ``sparsity_distribution`` (``"uniform"``, ``"erk"``), ``sparsity_type``
+    ``"output"``), ``sparsity_distribution`` (``"uniform"``, ``"erk"``, ``"owl"``: OWL's
+    layer sparsities from the outliers of ``scores``, which it needs), ``sparsity_type``
     (unstructured or TF blocks, ``"N:M"``, ``"channel"``) and ``weight_sparsity_map`` (fixed
     per-weight targets). A weight keeps its ``k = round(n * (1 - s))`` largest scores (at least
     1; ties at the threshold are kept, as in TF); N:M groups and channels keep exact counts, ties
@@ -72,8 +73,21 @@ def prune(
     sparsity = _static_sparsity(sparsity)
     params = tree_lib.unbox(params)
     leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(params, params_filter)
-    rules = allocation.resolve_rules(hp, names, leaves, prunable, sparsity)
-    values = _ranked_values(treedef, scores, leaves, names, rules)
+    if hp.sparsity_distribution == "owl":
+        # OWL's targets come from the ranked values: find which leaves are pruned first.
+        uniform = hp.replace(sparsity_distribution="uniform")
+        base = allocation.resolve_rules(uniform, names, leaves, prunable, sparsity)
+        if scores is None:
+            raise ValueError(
+                "prune: hparam sparsity_distribution='owl' needs scores=... (OWL's layer "
+                "sparsities come from their outliers: e.g. jaxprune.wanda_scores, or |w| for "
+                "magnitude)"
+            )
+        values = _ranked_values(treedef, scores, leaves, names, base)
+        rules = allocation.resolve_rules(hp, names, leaves, prunable, sparsity, owl_values=values)
+    else:
+        rules = allocation.resolve_rules(hp, names, leaves, prunable, sparsity)
+        values = _ranked_values(treedef, scores, leaves, names, rules)
     out, masks = _prune_leaves(leaves, values, tuple(rules), hp.replace(threshold_decay=0.0))
     return treedef.unflatten(out), treedef.unflatten(masks)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -352,8 +353,33 @@ def prune_sequential(
             lay = wanda.layout_from_norms(tuple(leaves[leaf].shape), plan.shapes[leaf])
         layouts[leaf] = lay
     layout_tree = jax.tree.unflatten(treedef, layouts)
+
+    def owl_scores(leaves, stats, lays):
+        # OWL's scores: Wanda's, from one pass over the dense model (as OWL).
+        del stats
+        with warnings.catch_warnings():  # the plan above has warned about these leaves
+            warnings.simplefilter("ignore")
+            norms = calibration.collect(
+                calibration.NORMS, fn, params, batch_list, params_filter, where
+            )
+        out: list[Any] = []
+        for leaf, n, lay in zip(leaves, tree_lib.flatten_up_to(treedef, norms), lays, strict=True):
+            if lay is None or n is None:
+                out.append(None)
+                continue
+            n = wanda.broadcast_norms(where, "", tuple(leaf.shape), n)
+            out.append(jnp.abs(leaf).astype(jnp.float32) * n)
+        return out
+
     _, _, _, rules = calibrated.resolve(
-        where, unboxed, layout_tree, hparams, sparsity, layout_tree, lambda n, leaf, s: s
+        where,
+        unboxed,
+        layout_tree,
+        hparams,
+        sparsity,
+        layout_tree,
+        lambda n, leaf, s: s,
+        owl_scores,
     )
     nm = next((r.nm for r in rules if r is not None and r.nm is not None), None)
     block_size = sparsegpt.check_block_size(block_size, nm, where)

@@ -175,6 +175,21 @@ def hessian_layout(name: str, leaf: Any, h: Any) -> layout_lib.WeightLayout | st
     return lay
 
 
+def hessian_wanda_scores(leaf: jax.Array, h: jax.Array, layout: layout_lib.WeightLayout):
+    """Wanda's scores ``|W| * ||X_j||`` from a Hessian: ``||X_j|| = sqrt(H_jj)``."""
+    norms = jnp.sqrt(jnp.diagonal(jnp.reshape(h, (layout.groups, layout.d, layout.d)), 0, 1, 2))
+    m = layout.to_matrix(jnp.abs(leaf).astype(jnp.float32)) * norms[:, None, :]
+    return layout.from_matrix(m)
+
+
+def owl_scores(leaves: list[Any], hs: list[Any], lays: list[Any]) -> list[Any]:
+    """OWL's scores of :func:`sparsegpt`: Wanda's, from the Hessians (as OWL with SparseGPT)."""
+    return [
+        None if lay is None else hessian_wanda_scores(leaf, h, lay)
+        for leaf, h, lay in zip(leaves, hs, lays, strict=True)
+    ]
+
+
 def check_block_size(block_size: Any, nm: tuple[int, int] | None, where: str) -> int:
     """``block_size`` as a positive int (a multiple of M for N:M), else a ValueError."""
     integral = isinstance(block_size, int | np.integer) and not isinstance(block_size, bool)
@@ -237,8 +252,10 @@ def sparsegpt(
        weight's dtype).
 
     Stacked / per-head weights (Hessians ``(*groups, d, d)``) are pruned matrix by matrix. The
-    targets: ``sparsity`` (default ``hparams.target_sparsity``), ``weight_sparsity_map`` entries
-    or ERK shares; N:M prunes ``(M-N)/M``. jit-compatible (``layouts`` and the options static),
+    targets: ``sparsity`` (default ``hparams.target_sparsity``), ``weight_sparsity_map`` entries,
+    ERK shares, or OWL shares (``sparsity_distribution="owl"``: from the outliers of Wanda's
+    scores ``|W| * sqrt(diag H)``, as OWL with SparseGPT); N:M prunes ``(M-N)/M``.
+    jit-compatible (``layouts`` and the options static; OWL needs concrete Hessians),
     deterministic; works on sharded params and Hessians.
 
     Args:
@@ -283,7 +300,7 @@ def sparsegpt(
     where = "sparsegpt"
     damping = check_damping(damping, where)
     leaves, treedef, h_leaves, rules = calibrated.resolve(
-        where, params, hessians, hparams, sparsity, layouts, hessian_layout
+        where, params, hessians, hparams, sparsity, layouts, hessian_layout, owl_scores
     )
     nm = next((r.nm for r in rules if r is not None and r.nm is not None), None)
     block_size = check_block_size(block_size, nm, where)

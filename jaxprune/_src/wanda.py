@@ -169,7 +169,8 @@ def wanda(
     ``(in, out)``, ``(out, in)``, convs and einsum kernels; stacked ``(L, in, out)`` and
     per-head weights need ``layouts=jaxprune.weight_layouts(fn, params, batch)``). No weight is
     updated. The targets: ``sparsity`` (default ``hparams.target_sparsity``),
-    ``weight_sparsity_map`` entries, or the ERK shares (``sparsity_distribution="erk"``).
+    ``weight_sparsity_map`` entries, or the ERK or OWL shares (``sparsity_distribution="erk"``,
+    ``"owl"``: OWL's outlier ratios of these scores, ``owl_m``, ``owl_lambda``, ``owl_groups``).
 
     Args:
       params: the params pytree (``nnx.Variable`` boxes allowed; not modified).
@@ -207,8 +208,17 @@ def wanda(
         del name
         return layout_from_norms(tuple(np.shape(leaf)), tuple(np.shape(norm)))
 
+    def owl_scores(leaves, norm_leaves, lays):
+        return [
+            None
+            if lay is None
+            else jnp.abs(leaf).astype(jnp.float32)
+            * broadcast_norms("wanda", "", tuple(np.shape(leaf)), n)
+            for leaf, n, lay in zip(leaves, norm_leaves, lays, strict=True)
+        ]
+
     leaves, treedef, norm_leaves, rules = calibrated.resolve(
-        "wanda", params, norms, hparams, sparsity, layouts, default_layout
+        "wanda", params, norms, hparams, sparsity, layouts, default_layout, owl_scores
     )
     out: list[Any] = list(leaves)
     masks: list[Any] = [None] * len(leaves)
