@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxprune._src import allocation, structure
+from jaxprune._src import allocation, oneshot, structure
 from jaxprune._src import layout as layout_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.hparams import PruningHParams, as_hparams
@@ -43,26 +43,6 @@ class MethodRule:
     nm: tuple[int, int] | None
     layout: layout_lib.WeightLayout
     fixed: bool = False
-
-
-def static_sparsity(sparsity: Any, where: str) -> float | None:
-    """``sparsity`` as a Python float in ``[0, 1)`` (or None), else a ValueError."""
-    if sparsity is None:
-        return None
-    if isinstance(sparsity, jax.core.Tracer):
-        raise ValueError(
-            f"{where}(sparsity=...) must be a Python number (it fixes how many weights each "
-            "selection keeps); got a traced value"
-        )
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{where}(sparsity=...) must be a number in [0, 1), got {sparsity!r}"
-        ) from None
-    if isinstance(sparsity, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{where}(sparsity=...) must be a number in [0, 1), got {sparsity!r}")
-    return value
 
 
 def check_hparams(hp: PruningHParams, where: str) -> structure.NByM | None:
@@ -122,7 +102,7 @@ def resolve(
       ``(leaves, treedef, stat_leaves, rules)``, rules None for the leaves left alone.
     """
     hp = as_hparams(hparams)
-    overall = static_sparsity(sparsity, where)
+    overall = oneshot.static_sparsity(sparsity, where)
     nm = check_hparams(hp, where)
     params = tree_lib.unbox(params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)

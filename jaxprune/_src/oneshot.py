@@ -70,7 +70,7 @@ def prune(
       https://arxiv.org/abs/2104.08378
     """
     hp = as_hparams(hparams)
-    sparsity = _static_sparsity(sparsity)
+    sparsity = static_sparsity(sparsity)
     params = tree_lib.unbox(params)
     leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(params, params_filter)
     if hp.sparsity_distribution == "owl":
@@ -113,22 +113,24 @@ def _prune_leaves(leaves, values, rules, hparams):
     return out, masks
 
 
-def _static_sparsity(sparsity: Any) -> float | None:
+def static_sparsity(sparsity: Any, where: str = "prune") -> float | None:
+    """``sparsity`` as a Python float in ``[0, 1)`` (or None), else a ValueError naming
+    ``where(sparsity=...)``."""
     if sparsity is None:
         return None
     if isinstance(sparsity, jax.core.Tracer):
         raise ValueError(
-            "prune(sparsity=...) must be a Python number (it fixes shapes of the selection and "
-            "ERK's per-weight targets); got a traced value"
+            f"{where}(sparsity=...) must be a Python number (it fixes shapes of the selection "
+            "and ERK's per-weight targets); got a traced value"
         )
     try:
         value = float(sparsity)
     except (TypeError, ValueError):
         raise ValueError(
-            f"prune(sparsity=...) must be a number in [0, 1), got {sparsity!r}"
+            f"{where}(sparsity=...) must be a number in [0, 1), got {sparsity!r}"
         ) from None
     if isinstance(sparsity, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"prune(sparsity=...) must be a number in [0, 1), got {sparsity!r}")
+        raise ValueError(f"{where}(sparsity=...) must be a number in [0, 1), got {sparsity!r}")
     return value
 
 
