@@ -94,3 +94,28 @@ def test_none_leaves_of_eqx_filter_style_params():
     pruned, masks = jaxprune.wanda(params, norms, sparsity=0.5)
     assert pruned["act"] is None and masks["b"] is None
     np.testing.assert_array_equal(masks["w"], np_unit_mask(ref.T, 0.5).T)
+
+
+def test_wanda_equals_output_scope_prune_on_in_out_kernels_and_stacked_layouts():
+    rng = np.random.default_rng(7)
+    params = {"w": jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)}  # flax (in, out)
+    x = jnp.asarray(np.exp(rng.normal(size=(20, 12))), jnp.float32)
+    fn = lambda p, x: x @ p["w"]
+    norms = jaxprune.activation_norms(fn, params, [x])
+    _, masks = jaxprune.wanda(params, norms, sparsity=0.6)
+    scores = jaxprune.wanda_scores(params, norms)
+    _, ref = jaxprune.prune(params, {"pruning_scope": "output"}, sparsity=0.6, scores=scores)
+    np.testing.assert_array_equal(masks["w"], ref["w"])
+    # Stacked (L, in, out) under scan: with the traced layout each layer's units are its own.
+    stack = {"s": jnp.asarray(rng.normal(size=(2, 6, 6)), jnp.float32)}
+    sfn = lambda p, x: jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, p["s"])[0]
+    xs = jnp.asarray(np.exp(rng.normal(size=(9, 6))), jnp.float32)
+    snorms = jaxprune.activation_norms(sfn, stack, [xs])
+    assert snorms["s"].shape == (2, 6)
+    layouts = jaxprune.weight_layouts(sfn, stack, xs)
+    assert layouts["s"].group_axes == (0,) and layouts["s"].input_axes == (1,)
+    _, smasks = jaxprune.wanda(stack, snorms, sparsity=0.5, layouts=layouts)
+    w, n = np.asarray(stack["s"]), np.asarray(snorms["s"])
+    for layer in range(2):
+        ref = np_unit_mask((np.abs(w[layer]) * n[layer][:, None]).T, 0.5).T
+        np.testing.assert_array_equal(smasks["s"][layer], ref)
