@@ -13,8 +13,8 @@ held-out split:
   it pruned), Wanda and SparseGPT;
 
 at 50 %, 60 %, 70 % unstructured and 2:4 (OWL does not apply to N:M). OWL's groups are the
-blocks (``owl_groups=r"blocks/(\\d+)/"``, the paper's per-layer groups), ``M = 5``,
-``lambda = 0.08``.
+blocks (``owl_groups=r"blocks/(\\d+)/"``, the paper's per-layer groups; ``--owl-groups weight``:
+each weight its own), ``M = 5``, ``lambda = 0.08``.
 
 Time: each method's warm wall time (statistics + pruning; compiled by a first call) as a
 multiple of one warm calibration forward pass (the model over every calibration batch),
@@ -23,6 +23,7 @@ compile). Memory: the Hessians' bytes (all at once for ``sparsegpt``; the larges
 ``prune_sequential``) and the sequential pipeline's cached live values.
 
 Usage: python benchmarks/sparsegpt_lm.py [--out DIR] [--steps 400] [--repeats 3] [--quick]
+       [--owl-groups block|weight]
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ import jax.numpy as jnp
 from common import machine
 
 import jaxprune
+from jaxprune._src import jaxpr, sequential
 from jaxprune.demos import lm
 from jaxprune.demos import wanda_demo as wd
 
 SPARSITIES = ("0.5", "0.6", "0.7", "2:4")
-GROUPS = r"blocks/(\d+)/"
+OWL_GROUPS = {"block": r"blocks/(\d+)/", "weight": None}
+GROUPS = OWL_GROUPS["block"]
 
 
 def hparams(level: str, owl: bool) -> jaxprune.PruningHParams:
@@ -112,12 +115,17 @@ def hessian_memory(apply, params, batches) -> dict[str, float]:
     }
 
 
-def live_cache_mib(config: wd.WandaDemoConfig) -> float:
-    """The sequential pipeline's cache at a cut in a block: about the residual stream, the normed
-    input and one projection per batch (float32, ``(batch, seq, d)`` each)."""
-    mc = config.model
-    per = config.calibration_batch_size * mc.seq_len * mc.d_model * 4
-    return 3 * per * config.calibration_batches / 2**20
+def live_cache_mib(apply, params, batches) -> float:
+    """The sequential pipeline's largest cache of live values (all batches), from its cuts."""
+    first = batches[0]
+    graph = sequential.flat_graph(jaxpr.trace(apply, params, first), params, first)
+    prunable = [i for i, name in enumerate(graph.param_names) if lm.is_block_linear(name)]
+    program = sequential.Program(graph)
+    most = 0
+    for group in sequential.groups_in_order(sequential.spans(graph, prunable)):
+        live = program.live(group.first)
+        most = max(most, sum(v.aval.size * v.aval.dtype.itemsize for v in live))
+    return most * len(batches) / 2**20
 
 
 def seven_b_memory() -> dict[str, float]:
@@ -137,7 +145,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a tiny LM, 100 steps, 1 repeat")
+    ap.add_argument(
+        "--owl-groups", choices=sorted(OWL_GROUPS), default="block", help="OWL's groups"
+    )
     args = ap.parse_args()
+    global GROUPS
+    GROUPS = OWL_GROUPS[args.owl_groups]
     model = lm.LMConfig()
     steps, repeats = args.steps, args.repeats
     if args.quick:
@@ -189,7 +202,7 @@ def main() -> None:
                 print(f"  {row:22s} {level:>4s}: perplexity {table[row][level]:.3f}", flush=True)
     memory = {
         "lm": hessian_memory(apply, params, batches),
-        "sequential_live_cache_mib": live_cache_mib(config),
+        "sequential_live_cache_mib": live_cache_mib(apply, params, batches),
         "llama_7b": seven_b_memory(),
     }
     print()
@@ -223,6 +236,7 @@ def main() -> None:
                 "perplexity": table,
                 "cost": cost,
                 "memory": memory,
+                "owl_groups": GROUPS,
             },
             f,
             indent=2,
