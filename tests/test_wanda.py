@@ -119,3 +119,18 @@ def test_wanda_equals_output_scope_prune_on_in_out_kernels_and_stacked_layouts()
     for layer in range(2):
         ref = np_unit_mask((np.abs(w[layer]) * n[layer][:, None]).T, 0.5).T
         np.testing.assert_array_equal(smasks["s"][layer], ref)
+
+
+def test_einsum_gating_kernel_groups_by_its_two_output_axes():
+    # gemma's feed-forward gating kernel (2, hidden, D) contracts D: units are (k, h) pairs.
+    rng = np.random.default_rng(8)
+    params = {"gating": jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)}
+    fn = lambda p, x: jnp.einsum("td,khd->tkh", x, p["gating"])
+    x = np.exp(rng.normal(size=(10, 8)))
+    norms = jaxprune.activation_norms(fn, params, [jnp.asarray(x, jnp.float32)])
+    assert norms["gating"].shape == (1, 1, 8)
+    _, masks = jaxprune.wanda(params, norms, sparsity=0.75)
+    scores = np.abs(np.asarray(params["gating"])) * np.sqrt((x**2).sum(0))
+    ref = np_unit_mask(scores.reshape(6, 8), 0.75).reshape(2, 3, 8)
+    np.testing.assert_array_equal(masks["gating"], ref)
+    assert (np.asarray(masks["gating"]).sum(-1) == 2).all()
