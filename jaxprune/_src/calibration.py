@@ -619,8 +619,8 @@ def weight_layouts(fn: Callable, params: Any, batch: Any, *, params_filter: Any 
 
     Returns:
       A pytree like the (unboxed) params with a :class:`jaxprune.WeightLayout` per considered
-      weight; None for the other leaves and for weights with no layout (as in
-      :func:`hessians`).
+      weight; None for the other leaves and for weights with no layout (each with a
+      ``UserWarning`` naming it and the reason, as in :func:`hessians`).
 
     Examples:
       >>> import jax.numpy as jnp, jaxprune
@@ -640,6 +640,7 @@ def weight_layouts(fn: Callable, params: Any, batch: Any, *, params_filter: Any 
     leaves, treedef, names, prunable = tree_lib.leaf_names_and_prunable(unboxed, params_filter)
     steps = _steps_for(fn, params, names, prunable, HESSIANS)
     plan = _plan_or_raise(steps, fn, params, batch, 0, where)
+    plan.warn(where, 2)
     out: list[Any] = [None] * len(leaves)
     for leaf, uses in plan.uses_by_leaf.items():
         out[leaf] = layout_lib.layout_of_uses(uses, tuple(leaves[leaf].shape))

@@ -178,6 +178,8 @@ class Program:
         ins = params + consts + cached
         jaxpr = Jaxpr([], ins, outs, eqns, effects, self._debug_info(len(ins), len(outs)))
         avals = [v.aval for v in params]
+        # The segment's inputs are the params it reads (not all of them), but its uses keep
+        # their leaf numbers: param_names / param_avals stay the whole model's.
         graph = mg.ModelGraph(
             jaxpr=ClosedJaxpr(jaxpr, []),
             in_tree=jax.tree.structure((avals, [0] * len(consts), [0] * len(cached))),
