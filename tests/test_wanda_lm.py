@@ -221,7 +221,7 @@ def test_wanda_masks_against_numpy_reference(demo):
     assert (groups.sum(1) == 2).all()
 
 
-def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
+def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch, capsys):
     config, summary = demo
     with open(os.path.join(config.out, "wanda.json")) as f:
         written = json.load(f)
@@ -231,9 +231,17 @@ def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
         assert f.read(8) == PNG_SIGNATURE
     table = wd.format_table(summary)
     assert "| Wanda | output |" in table and f"{summary['dense']['perplexity']:.3f}" in table
-    # A second run loads the model: the same numbers without training.
-    again = wd.run_wanda_demo(config.__class__(**{**config.__dict__, "plots": False}))
+    # A second run loads the model: the same numbers without training. Between loading and
+    # the tables it says what it does and shows one bar: dense, calibration, then 6 methods
+    # on all blocks and on each of the 2 blocks alone.
+    capsys.readouterr()
+    again = wd.run_wanda_demo(
+        config.__class__(**{**config.__dict__, "plots": False, "progress": True})
+    )
     assert again["loaded_checkpoint"] and again["overall"] == summary["overall"]
+    out, err = capsys.readouterr()
+    assert "pruning with 6 methods" in out and "19 evaluations of 256 held-out windows" in out
+    assert "prune + evaluate" in err and "20/20" in err and "block 1, Wanda 2:4" in err
     # A different training setting does not reuse it: with the checkpoint copied to a fresh
     # directory, 3 steps instead of 400 must train (stopped before any work: no compile).
     shutil.copy(os.path.join(config.out, wd.CHECKPOINT), tmp_path / wd.CHECKPOINT)
