@@ -653,7 +653,7 @@ def write_plots(
     if len(update_steps) >= 2:
         lo = max(0, begin - hp["pruning_frequency"])
         hi = min(steps[-1], begin + 5 * hp["pruning_frequency"])
-        inset = ax.inset_axes([0.7, 0.1, 0.28, 0.42])
+        inset = ax.inset_axes((0.7, 0.1, 0.28, 0.42))
         draw(inset, 8)
         shown = (steps >= lo) & (steps <= hi)
         top = max(float(np.max(scheduled[shown])), float(np.max(achieved[shown])))

@@ -474,12 +474,16 @@ def write_plot(out: str, summary: dict[str, Any]) -> str:
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
 
+    method_keys = [m.key for m in METHODS]
     for ax, row in zip(axes[1:], blocks, strict=True):
-        keys = [m.key for m in METHODS]
-        increases = [row[key] - dense["nll"] for key in keys]
-        bars = ax.bar(range(len(keys)), increases, color=[PLOT_COLORS[k] for k in keys])
+        increases = [row[key] - dense["nll"] for key in method_keys]
+        bars = ax.bar(
+            range(len(method_keys)), increases, color=[PLOT_COLORS[k] for k in method_keys]
+        )
         ax.bar_label(bars, [f"{v:.3f}" for v in increases], fontsize=7)
-        ax.set_xticks(range(len(keys)), [labels[k] for k in keys], rotation=45, ha="right")
+        ax.set_xticks(
+            range(len(method_keys)), [labels[k] for k in method_keys], rotation=45, ha="right"
+        )
         ax.tick_params(axis="x", labelsize=8)
         ax.set(
             ylabel="held-out loss increase (nats/byte)",
