@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import model_graph as mg
+from jaxprune._src import jaxpr as mg
 from jaxprune._src import tree as tree_lib
 
 _STEP_CACHE_SIZE = 8
@@ -164,7 +164,7 @@ def activation_norms(
     ``nnx.split`` / ``nnx.merge``, or plain JAX); it is traced to find, with no change to the
     model code, where each prunable leaf is the weight operand of a ``dot_general`` (matmul,
     einsum, ``Dense``, ``DenseGeneral``, attention) or ``conv_general_dilated``, and which
-    activation it multiplies (see ``jaxprune._src.model_graph``). Batches are processed one
+    activation it multiplies (see ``jaxprune._src.jaxpr``). Batches are processed one
     by one by one jitted step that adds float32 sums of squares to running totals (memory
     does not grow with the number of batches; batches of one shape compile once; sharded
     params and batches work as they are); the square root is taken at the end.

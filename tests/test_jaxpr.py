@@ -1,4 +1,4 @@
-"""model_graph: where parameters are used as matmul / conv weights, and the use interpreter."""
+"""jaxprune._src.jaxpr: where parameters are used as matmul / conv weights; the interpreter."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxprune._src import model_graph as mg
+from jaxprune._src import jaxpr as mg
 
 
 def _by_name(graph):

@@ -1,0 +1,228 @@
+"""Evaluating a traced model function with a hook at every parameter use.
+
+:func:`interpret` evaluates the traced jaxpr of a :class:`~jaxprune._src.jaxpr.uses.ModelGraph`
+with a hook that sees every recorded use's activation operand, usable inside ``jax.jit``: the
+hook's per-call results are summed over loop iterations and stacked over scanned weight slices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import ClosedJaxpr, Literal
+
+from jaxprune._src.jaxpr.uses import ModelGraph, ParamUse
+from jaxprune._src.jaxpr.walk import Path, call_body
+
+# ----------------------------------------------------------------------------- interpreter
+
+Hook = Callable[[ParamUse, jax.Array, jax.Array], Any]
+
+
+def bind_equation(eqn, ins, params=None):
+    """Binds ``eqn``'s primitive to ``ins`` with ``params`` (default: the equation's own).
+
+    ``Primitive.get_bind_params`` returns the params (jax >= 0.8) or ``(subfuns, params)``
+    (older jax, e.g. 0.7.1); both are handled.
+    """
+    bind_params = eqn.primitive.get_bind_params(eqn.params if params is None else params)
+    subfuns: tuple = ()
+    if isinstance(bind_params, tuple):
+        subfuns, bind_params = bind_params
+    manager = getattr(getattr(eqn, "ctx", None), "manager", None) or contextlib.nullcontext()
+    with manager:
+        ans = eqn.primitive.bind(*subfuns, *ins, **bind_params)
+    return list(ans) if eqn.primitive.multiple_results else [ans]
+
+
+def _bind(eqn, ins):
+    return bind_equation(eqn, ins)
+
+
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+class _Interpreter:
+    def __init__(self, graph: ModelGraph, hook: Hook):
+        self.hook = hook
+        self.uses_at: dict[Path, list[ParamUse]] = {}
+        self.prefixes: set[Path] = set()
+        self.specs: dict[tuple[Path, int], Any] = {}
+        for u in graph.uses:
+            self.uses_at.setdefault(u.path, []).append(u)
+            self.prefixes.update(u.path[:k] for k in range(1, len(u.path)))
+            act = jax.ShapeDtypeStruct(u.activation_shape, u.activation_dtype)
+            w = jax.ShapeDtypeStruct(u.weight_shape, u.weight_dtype)
+            self.specs[u.key] = jax.eval_shape(lambda a, w, u=u: hook(u, a, w), act, w)
+        self.uses = graph.uses
+
+    def under(self, prefix: Path) -> list[ParamUse]:
+        return [u for u in self.uses if u.path[: len(prefix)] == prefix]
+
+    def zeros(self, use: ParamUse, scope: Path) -> Any:
+        """Zero stats of ``use`` as seen from the jaxpr at ``scope`` (inner scans stacked)."""
+        lead = tuple(n for p, _, n in use.view.scans if p[: len(scope)] == scope)
+        return jax.tree.map(
+            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), self.specs[use.key]
+        )
+
+    def eval(self, closed: ClosedJaxpr, args: Sequence[Any], prefix: Path):
+        jaxpr = closed.jaxpr
+        env: dict[Any, Any] = {}
+        for v, c in zip(jaxpr.constvars, closed.consts, strict=True):
+            env[v] = c
+        for v, a in zip(jaxpr.invars, args, strict=True):
+            env[v] = a
+
+        def read(atom):
+            return atom.val if isinstance(atom, Literal) else env[atom]
+
+        acc: dict[tuple[Path, int], Any] = {}
+        for i, eqn in enumerate(jaxpr.eqns):
+            path = (*prefix, i)
+            ins = [read(a) for a in eqn.invars]
+            if path in self.prefixes:
+                outs, sub = self.structured(eqn, path, ins)
+                acc.update(sub)
+            else:
+                outs = _bind(eqn, ins)
+                for u in self.uses_at.get(path, ()):
+                    acc[u.key] = self.hook(u, ins[u.activation_operand], ins[u.weight_operand])
+            for v, x in zip(eqn.outvars, outs, strict=True):
+                env[v] = x
+        return [read(a) for a in jaxpr.outvars], acc
+
+    def structured(self, eqn, path: Path, ins: list[Any]):
+        body = call_body(eqn)
+        name, p = eqn.primitive.name, eqn.params
+        if body is not None:
+            return self.eval(body, ins, (*path, 0))
+        if name == "scan":
+            nc, nk = p["num_consts"], p["num_carry"]
+            consts, init, xs = ins[:nc], ins[nc : nc + nk], ins[nc + nk :]
+            scope = (*path, 0)
+            uses = self.under(scope)
+            stacked = {u.key for u in uses if any(s[0] == path for s in u.view.scans)}
+            summed0 = {u.key: self.zeros(u, scope) for u in uses if u.key not in stacked}
+
+            def step(carry, x):
+                c, s = carry
+                outs, acc = self.eval(p["jaxpr"], [*consts, *c, *x], scope)
+                s = {k: _add(v, acc[k]) for k, v in s.items()}
+                return (outs[:nk], s), (outs[nk:], {k: acc[k] for k in stacked})
+
+            (c, s), (ys, st) = jax.lax.scan(
+                step,
+                (list(init), summed0),
+                list(xs),
+                length=p["length"],
+                reverse=p["reverse"],
+                unroll=p["unroll"],
+            )
+            return [*c, *ys], {**s, **st}
+        if name == "cond":
+            uses = self.under(path)
+            branches = p["branches"]
+
+            def make(b):
+                def branch(*ops):
+                    outs, acc = self.eval(branches[b], list(ops), (*path, b))
+                    full = {
+                        u.key: acc[u.key] if u.key in acc else self.zeros(u, path) for u in uses
+                    }
+                    return outs, full
+
+                return branch
+
+            outs, acc = jax.lax.switch(ins[0], [make(b) for b in range(len(branches))], *ins[1:])
+            return list(outs), acc
+        if name == "while":
+            cn, bn = p["cond_nconsts"], p["body_nconsts"]
+            cconsts, bconsts, init = ins[:cn], ins[cn : cn + bn], ins[cn + bn :]
+            scope = (*path, 1)
+            s0 = {u.key: self.zeros(u, scope) for u in self.under(scope)}
+
+            def cond_fun(carry):
+                return self.eval(p["cond_jaxpr"], [*cconsts, *carry[0]], (*path, 0))[0][0]
+
+            def body_fun(carry):
+                c, s = carry
+                outs, acc = self.eval(p["body_jaxpr"], [*bconsts, *c], scope)
+                return outs, {k: _add(v, acc[k]) for k, v in s.items()}
+
+            c, s = jax.lax.while_loop(cond_fun, body_fun, (list(init), s0))
+            return list(c), s
+        raise AssertionError(f"uses inside {name} at {path}")  # pragma: no cover
+
+
+def interpret(graph: ModelGraph, hook: Hook, params: Any, *args: Any) -> tuple[Any, dict]:
+    """Evaluates ``fn(params, *args)`` from its traced jaxpr, calling ``hook`` at every use.
+
+    ``hook(use, activation, weight)`` is called with the :class:`ParamUse` and the values of
+    the activation and weight operands each time the use's equation runs, and returns a
+    pytree of arrays (a statistic). Works eagerly and inside ``jax.jit``: loops and
+    conditionals are re-expressed with ``lax.scan`` / ``lax.cond`` / ``lax.while_loop`` that
+    thread the statistics; calls are inlined (forward semantics; custom derivative rules and
+    remat policies are not kept, so do not differentiate through the interpreter).
+
+    Args:
+      graph: from :func:`trace` (inputs of the same shapes and dtypes).
+      hook: ``(use, activation, weight) -> pytree``.
+      params: the parameters (the same structure as traced).
+      *args: the inputs.
+
+    Returns:
+      ``(out, stats)``: ``fn``'s output, and per use key (:attr:`ParamUse.key`) the hook's
+      results summed over loop iterations (a use in a ``cond`` branch not taken adds zeros)
+      and stacked over the scans that slice the weight: one leading axis per entry of
+      :attr:`ParamUse.scan_axes`, outermost scan first.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune._src import jaxpr
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> fn = lambda p, x: x @ p["w"]
+      >>> x = jnp.arange(6.0).reshape(2, 3)
+      >>> graph = jaxpr.trace(fn, params, x)
+      >>> hook = lambda use, act, w: jnp.sum(act, axis=0)
+      >>> out, stats = jax.jit(lambda p, x: jaxpr.interpret(graph, hook, p, x))(params, x)
+      >>> stats[graph.uses[0].key].tolist()
+      [3.0, 5.0, 7.0]
+    """
+    flat, in_tree = jax.tree.flatten((params, *args))
+    if in_tree != graph.in_tree:
+        raise ValueError(
+            f"interpret: (params, *args) has structure {in_tree}, the graph was traced with "
+            f"{graph.in_tree}"
+        )
+    for i, (x, v) in enumerate(zip(flat, graph.jaxpr.jaxpr.invars, strict=True)):
+        if tuple(np.shape(x)) != tuple(v.aval.shape):
+            raise ValueError(
+                f"interpret: input leaf {i} has shape {np.shape(x)}, traced with {v.aval.shape}"
+            )
+    interp = _Interpreter(graph, hook)
+    outs, stats = interp.eval(graph.jaxpr, flat, ())
+    return jax.tree.unflatten(graph.out_tree, outs), stats
+
+
+def leaf_layout_stats(use: ParamUse, stats: jax.Array) -> jax.Array:
+    """Moves the stacked scan axes of one use's stats (from :func:`interpret`) into place.
+
+    Args:
+      use: the use.
+      stats: an array whose leading ``len(use.scan_axes)`` axes are the stacked scans and
+        whose other axes are in :meth:`ParamUse.to_leaf_layout` layout.
+
+    Returns:
+      The array with one axis per leaf axis, in the leaf's order.
+    """
+    ndim = len(use.view.leaf_shape)
+    rest = [a for a in range(ndim) if a not in use.scan_axes]
+    order = list(use.scan_axes) + rest  # axis i of stats is leaf axis order[i]
+    return jnp.transpose(stats, sorted(range(ndim), key=lambda i: order[i]))
