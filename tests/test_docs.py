@@ -6,6 +6,7 @@ import pathlib
 import re
 import tomllib
 
+import numpy as np
 import pytest
 
 import jaxprune
@@ -105,6 +106,12 @@ def test_readme_section_runs_as_pasted(heading, capsys):
         assert expected in out, (heading, expected, out)
     if heading.startswith("Beyond TF"):  # the last block pruned gradually to exactly 2:4
         assert namespace["p"]["dense1"]["kernel"].shape == (64, 256)
+    if heading.startswith("Two ways"):  # the separate update: pruned weights are exactly 0
+        masks = jaxprune.get_pruning_state(namespace["opt_state"]).masks
+        for layer, n in (("dense1", 64 * 256), ("dense2", 256 * 10)):
+            mask = np.asarray(masks[layer]["kernel"])
+            kernel = np.asarray(namespace["params"][layer]["kernel"])
+            assert mask.sum() == round(0.1 * n) and np.all(kernel[~mask] == 0)
 
 
 def test_readme_commands_and_ci_agree():
