@@ -120,20 +120,25 @@ def test_fold_hand_worked():
     assert small_fn.report.arrays["w0"] == {"axis": 1, "kept": 1, "removed": 1}
 
 
-def test_constant_without_bias_is_added_back_or_kept():
-    # No bias after the second matmul: the constant 2 * 3 = 6 is added by small_fn ...
+def test_constant_without_bias_is_kept_or_added_back():
+    # No bias after the second matmul: by default the constant channel is kept (the small
+    # params are standalone) and reported ...
     params = {"w0": jnp.array([[1.0, 0.0]]), "b0": jnp.array([0.5, 2.0])}
     params["w1"] = jnp.array([[1.0], [3.0]])
     x = jnp.array([[2.0]])
     small, small_fn = jaxprune.shrink(_mlp_fn, params, x)
-    assert small["w1"].shape == (1, 1)
-    assert small_fn(small, x).tolist() == [[2.5 + 6.0]]
-    assert small_fn.report.folded[0]["bias"] is None
-    # ... or, with constants=False, the channel is kept and reported.
-    small, small_fn = jaxprune.shrink(_mlp_fn, params, x, constants=False)
     assert small["w1"].shape == (2, 1)
     (kept,) = small_fn.report.kept
     assert kept["channels"] == [1] and "no bias" in kept["reason"]
+    assert small_fn.corrections == {}
+    # ... with constants=True, small_fn adds 2 * 3 = 6 after the matmul, at any batch size.
+    small, small_fn = jaxprune.shrink(_mlp_fn, params, x, constants=True)
+    assert small["w1"].shape == (1, 1)
+    assert small_fn(small, x).tolist() == [[2.5 + 6.0]]
+    assert small_fn(small, jnp.array([[2.0], [0.0], [-4.0]])).tolist() == [[8.5], [6.5], [6.0]]
+    assert small_fn.report.folded[0]["bias"] is None
+    (c,) = small_fn.corrections.values()
+    assert np.asarray(c).tolist() == [[6.0]]
 
 
 @settings(max_examples=10)
@@ -252,10 +257,19 @@ def test_linen_cnn(padding):
         masks,
         is_leaf=lambda t: t is None,
     )
-    # check=False: the test compares the outputs itself (saves two compilations).
-    small, small_fn = jaxprune.shrink(model.apply, variables, x, masks=masks, check=False)
+    # check=False: the test compares the outputs itself (saves two compilations). With SAME
+    # padding, the constant BN outputs of pruned Conv_0 filters can only be added back by
+    # small_fn (constants=True): their contribution through the padded Conv_1 varies at the
+    # borders, so no bias can hold it.
+    same = padding == "SAME"
+    small, small_fn = jaxprune.shrink(
+        model.apply, variables, x, masks=masks, check=False, constants=same
+    )
     want = jax.jit(model.apply)(masked, x)
     np.testing.assert_allclose(jax.jit(small_fn)(small, x), want, rtol=1e-4, atol=1e-4)
+    x3 = jnp.asarray(rng.normal(size=(3, 8, 8, 3)).astype(np.float32))  # another batch size
+    np.testing.assert_allclose(small_fn(small, x3), model.apply(masked, x3), rtol=1e-4, atol=1e-4)
+    assert bool(small_fn.corrections) == same
     # Conv_0's output channel j goes iff its filter is zero (its constant BN output is added
     # back) or Conv_1's input slice j is zero; likewise Conv_1's outputs (the Dense rows).
     k0 = np.asarray(masks["params"]["Conv_0"]["kernel"]).any(axis=(0, 1, 2))
@@ -488,8 +502,8 @@ def test_errors():
     with pytest.raises(ValueError, match="masks must have the structure"):
         jaxprune.shrink(_mlp_fn, params, jnp.ones((2, 3)), masks={"w0": None})
     small, small_fn = jaxprune.shrink(_mlp_fn, params, jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="traced with"):
-        small_fn(small, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match="could not be traced with these inputs"):
+        small_fn(small, jnp.ones((5, 4)))
     with pytest.raises(ValueError, match="w0"):
         small_fn(params | {"w0": jnp.ones((3, 5))}, jnp.ones((2, 3)))
 
