@@ -292,7 +292,7 @@ def shrink(
 
 def _check(fn, params_masked, small_fn, small_params, args):
     want = jax.tree.leaves(jax.jit(fn)(params_masked, *args))
-    got = jax.tree.leaves(jax.jit(small_fn)(small_params, *args))
+    got = jax.tree.leaves(small_fn(small_params, *args))  # jitted per input signature
     for w, g in zip(want, got, strict=True):
         dtype = w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else np.float32
         tol = max(1e-3, 8 * float(jnp.finfo(dtype).eps))  # summation order changes rounding
@@ -308,14 +308,17 @@ def _check(fn, params_masked, small_fn, small_params, args):
 def shrink_nnx(model: Any, *example_args: Any, masks: Any = None, check: bool = True):
     """Shrinks a Flax nnx module: a new module whose Variables hold the smaller arrays.
 
-    The module is split (``nnx.split``), shrunk with :func:`shrink` (with
-    ``constants=False``: constant channels that cannot be folded into a bias are kept, so
-    that the module alone computes the function) and merged back; the common size attributes
-    (``in_features`` / ``out_features`` of ``Linear`` and ``Conv``, ``num_features`` of
-    norms) are set to the new sizes. The new module is then called on ``example_args`` and
-    compared with the masked model: a module whose ``__call__`` hard-codes sizes (e.g. a
-    reshape to a stored number of heads) raises ``ValueError``; use :func:`shrink` on
-    ``nnx.split`` state with its ``small_fn`` then. ``model`` is not modified.
+    The module is split (``nnx.split``; its state may hold RNG keys and counts, as
+    ``nnx.Dropout`` does: they are left as they are), shrunk with :func:`shrink` (constant
+    channels that cannot be folded into a bias are kept, so that the module alone computes
+    the function) and merged back; the common size attributes are set to the new sizes
+    (``in_features`` / ``out_features`` of ``Linear``, ``LinearGeneral`` and ``Conv``,
+    ``kernel_shape`` of ``Einsum`` and ``Conv``, ``num_heads`` / ``num_kv_heads`` /
+    ``head_dim`` / ``qkv_features`` of ``MultiHeadAttention``, ``num_features`` of norms).
+    The new module is then called on ``example_args`` and compared with the masked model: a
+    module whose ``__call__`` hard-codes sizes (e.g. a reshape to a stored number of heads)
+    raises ``ValueError``; use :func:`shrink` on ``nnx.split`` state with its ``small_fn``
+    then (it runs at any input shape). ``model`` is not modified.
 
     Args:
       model: an ``nnx.Module`` whose ``__call__`` takes ``example_args``.
@@ -347,30 +350,36 @@ def shrink_nnx(model: Any, *example_args: Any, masks: Any = None, check: bool = 
     """
     from flax import nnx
 
+    if not isinstance(model, nnx.Module):
+        raise ValueError(
+            f"shrink_nnx: model must be an nnx.Module, got {type(model).__name__} (for "
+            "params and a function, call jaxprune.shrink(fn, params, *example_args))"
+        )
     graphdef, state = nnx.split(model)
 
     def fn(state, *args):
         return nnx.merge(graphdef, state)(*args)
 
-    small_state, small_fn = shrink(
-        fn, state, *example_args, masks=masks, constants=False, check=check
-    )
+    small_state, small_fn = shrink(fn, state, *example_args, masks=masks, check=False)
     small_model = nnx.merge(graphdef, small_state)
     # nnx.iter_modules is new in flax 0.12.1; Module.iter_modules before.
     iter_modules = getattr(nnx, "iter_modules", None) or type(small_model).iter_modules
     for _, module in iter_modules(small_model):
         _resize_attributes(module)
     if check:
-        want = jax.tree.leaves(fn(_masked(state, masks), *example_args))
+        want = jax.tree.leaves(jax.jit(fn)(_masked(state, masks, "shrink_nnx"), *example_args))
+        small_graphdef, small_state = nnx.split(small_model)
         try:
-            got = jax.tree.leaves(small_model(*example_args))
+            got = jax.tree.leaves(
+                jax.jit(lambda s, *a: nnx.merge(small_graphdef, s)(*a))(small_state, *example_args)
+            )
             ok = all(
                 np.shape(g) == np.shape(w) and np.allclose(g, w, rtol=1e-3, atol=1e-4)
                 for g, w in zip(got, want, strict=True)
             )
             why = "its outputs differ from the masked model's"
         except Exception as e:
-            ok, why = False, f"calling it fails ({type(e).__name__}: {e})"
+            ok, why = False, f"calling it fails ({type(e).__name__}: {str(e)[:300]})"
         if not ok:
             raise ValueError(
                 f"shrink_nnx: the module with smaller arrays does not compute the model: {why}. "
@@ -387,11 +396,29 @@ def _resize_attributes(module) -> None:
     name = type(module).__name__
     if name == "Linear" and shape is not None:
         module.in_features, module.out_features = shape[0], shape[-1]
+    elif name == "LinearGeneral" and shape is not None:
+        nb, ni = len(getattr(module, "batch_axis", ())), len(module.in_features)
+        module.in_features = tuple(shape[nb : nb + ni])
+        module.out_features = tuple(shape[nb + ni :])
+    elif name == "Einsum" and shape is not None and hasattr(module, "kernel_shape"):
+        module.kernel_shape = tuple(shape)
     elif name in ("Conv", "ConvTranspose") and shape is not None:
         module.in_features = shape[-2] * getattr(module, "feature_group_count", 1)
         module.out_features = shape[-1]
         if hasattr(module, "kernel_shape"):
             module.kernel_shape = tuple(shape)
+    elif name == "Embed" and hasattr(module, "embedding"):
+        module.num_embeddings, module.features = module.embedding.shape
+    elif name == "MultiHeadAttention":
+        q = getattr(getattr(module, "query", None), "kernel", None)
+        k = getattr(getattr(module, "key", None), "kernel", None)
+        o = getattr(getattr(module, "out", None), "kernel", None)
+        if q is not None and k is not None and o is not None:
+            module.num_heads, module.head_dim = q.shape[-2], q.shape[-1]
+            module.qkv_features = module.num_heads * module.head_dim
+            if hasattr(module, "num_kv_heads"):
+                module.num_kv_heads = k.shape[-2]
+            module.out_features = o.shape[-1]
     elif name in ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm") and hasattr(
         module, "num_features"
     ):

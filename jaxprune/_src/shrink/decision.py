@@ -76,6 +76,7 @@ class Decision:
         self.graph, self.c, self.d, self.k = graph, coupler, dims, consts
         self.uses, self.leaves, self.members = uses, leaves, members
         self.param_dims = param_dims
+        self.weight_leaves = {u.leaf for u in graph.uses}
         self.constants = True
         self.corrections: list[CorrectionSpec] = []
         self.why: dict[tuple[int, int | np.integer], str] = {}
@@ -119,7 +120,10 @@ class Decision:
             return None, "the other operand of the next matmul is not a parameter used as is"
         no_bias = "the next matmul has no bias to fold the constant into"
         vid = (path, 0)
-        while True:  # through layout changes of the matmul's output (equinox under vmap)
+        # Follow the matmul's output through layout changes (equinox under vmap transposes
+        # it) and additions of other values (torch-style ``x + h @ W.T + b`` adds the
+        # residual first) to the add of a parameter: adding the constant there is exact.
+        while True:
             cons = self.c.consumers.get(vid, set())
             if len(cons) != 1:
                 return None, no_bias
@@ -127,15 +131,16 @@ class Decision:
             if use == ("out",):
                 return None, no_bias
             name = self.graph.eqn(use[0]).primitive.name
-            if name not in _OUTPUT_LAYOUT:
+            if name in _OUTPUT_LAYOUT:
+                vid = (use[0], 0)
+                continue
+            if name != "add":
+                return None, no_bias
+            cpath, k = use
+            leaf = self.c.in_srcs[cpath][1 - k]
+            if leaf is not None:
                 break
-            vid = (use[0], 0)
-        if name != "add":
-            return None, no_bias
-        cpath, k = use
-        leaf = self.c.in_srcs[cpath][1 - k]
-        if leaf is None:
-            return None, no_bias
+            vid = (cpath, 0)
         if len(self.c.leaf_uses.get(leaf, ())) != 1:
             return None, "the next matmul's bias is used more than once"
         k, _ = self.weight_use(path)
@@ -272,8 +277,8 @@ class Decision:
                 continue
             zero = np.zeros(self.d.size[g], bool)
             for leaf, axis, pos, sizes in mem:
-                if self.leaves[leaf] is None or self.leaves[leaf].ndim < 2:
-                    continue  # a pruned channel is a zero slice of a kernel
+                if leaf not in self.weight_leaves or self.leaves[leaf] is None:
+                    continue  # a pruned channel is a zero slice of a matmul's weight
                 vals = slice_constants(self.leaves[leaf], axis, sizes, pos)
                 zero |= np.array([v == 0 for v in vals])
             if zero.any():
@@ -293,8 +298,8 @@ class Decision:
             mem = self.members[g]
             zero = np.zeros(self.d.size[g], bool)
             for leaf, axis, pos, sizes in mem:
-                if self.leaves[leaf] is None or self.leaves[leaf].ndim < 2:
-                    continue  # a pruned channel is a zero slice of a kernel
+                if leaf not in self.weight_leaves or self.leaves[leaf] is None:
+                    continue  # a pruned channel is a zero slice of a matmul's weight
                 vals = slice_constants(self.leaves[leaf], axis, sizes, pos)
                 zero |= np.array([v == 0 for v in vals])
             gone = set(removed.get(g, np.zeros(0, int)).tolist())

@@ -46,6 +46,15 @@ class Plan:
     out_dims: dict
     size: Callable[[Any], int]
     corrections: dict
+    run: Callable = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # One jitted evaluation per signature: eager calls compile once instead of
+        # dispatching every equation; under an outer jit / vmap it is an inner call.
+        def run(flat):
+            return _ShrunkEvaluator(self).eval(self.graph.jaxpr, flat)[0]
+
+        object.__setattr__(self, "run", jax.jit(run))
 
 
 def remap_params(eqn, in_dims, out_dims, size) -> dict:
@@ -331,8 +340,7 @@ class ShrunkFunction:
     def __call__(self, small_params, *args):
         leaves = self._check_small(small_params)
         plan = self.prepare(*args)
-        flat = leaves + jax.tree.leaves(args)
-        outs, _ = _ShrunkEvaluator(plan).eval(plan.graph.jaxpr, flat)
+        outs = plan.run(leaves + jax.tree.leaves(args))
         return jax.tree.unflatten(plan.graph.out_tree, outs)
 
     def expand(self, small_params) -> Any:
