@@ -253,8 +253,8 @@ def interpret(graph: ModelGraph, hook: Hook, params: Any, *args: Any) -> tuple[A
     flat, in_tree = jax.tree.flatten((params, *args))
     if in_tree != graph.in_tree:
         raise ValueError(
-            f"interpret: (params, *args) has {in_tree.num_leaves} leaves in another structure "
-            f"than the {graph.in_tree.num_leaves} leaves the graph was traced with"
+            f"interpret: (params, *args) has {len(flat)} leaves in another structure than "
+            f"the {len(graph.jaxpr.jaxpr.invars)} leaves the graph was traced with"
         )
     for i, (x, v) in enumerate(zip(flat, graph.jaxpr.jaxpr.invars, strict=True)):
         if tuple(np.shape(x)) != tuple(v.aval.shape):
