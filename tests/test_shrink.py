@@ -518,3 +518,52 @@ def test_format_report_table():
         "w1        0     2        2",
     ]
     assert "parameters: 12 -> 6 (0.500x)" in text
+
+
+def test_gather_dynamic_slice_and_split_are_remapped():
+    # An embedding table's feature axis passes through the gather (jnp.take), a dynamic
+    # slice of the sequence and an equal split of the batch: its columns pruned by the next
+    # kernel's zero rows are removed from the table too.
+    rng = np.random.default_rng(7)
+    params = {"emb": jnp.asarray(rng.normal(size=(11, 6)).astype(np.float32))}
+    w = rng.normal(size=(6, 2)).astype(np.float32)
+    w[[1, 4]] = 0.0
+    params["w"] = jnp.asarray(w)
+
+    def fn(p, tokens, start):
+        h = jnp.take(p["emb"], tokens, axis=0)  # (B, T, D)
+        h = jax.lax.dynamic_slice_in_dim(h, start, 2, axis=1)  # (B, 2, D)
+        a, b = jnp.split(h, 2, axis=0)
+        return jnp.concatenate([a, b * 2.0], axis=0) @ p["w"]
+
+    tokens = jnp.asarray(rng.integers(0, 11, size=(2, 5)), jnp.int32)
+    small, small_fn = jaxprune.shrink(fn, params, tokens, jnp.int32(1))
+    assert small["emb"].shape == (11, 4) and small["w"].shape == (4, 2)
+    np.testing.assert_array_equal(small["emb"], np.asarray(params["emb"])[:, [0, 2, 3, 5]])
+    t4 = jnp.asarray(rng.integers(0, 11, size=(4, 7)), jnp.int32)
+    emb, want_w = np.asarray(params["emb"], np.float64), w.astype(np.float64)
+    h = emb[np.asarray(t4)][:, 3:5]
+    want = np.concatenate([h[:2], 2 * h[2:]]) @ want_w
+    np.testing.assert_allclose(small_fn(small, t4, jnp.int32(3)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_coupled_differently_at_other_shapes_raises():
+    # At batch 1 this model normalises over the hidden units, which couples them: the hidden
+    # units removed at batch 2 cannot be removed there, so small_fn refuses (never another
+    # model).
+    w1 = np.ones((3, 4), np.float32)
+    w1[:, 1] = 0.0
+    params = {"w1": jnp.asarray(w1), "w2": jnp.ones((4, 2))}
+
+    def fn(p, x):
+        h = jax.nn.relu(x @ p["w1"])
+        if x.shape[0] == 1:
+            h = h / (1.0 + jnp.sum(h, axis=-1, keepdims=True))
+        return h @ p["w2"]
+
+    small, small_fn = jaxprune.shrink(fn, params, jnp.ones((2, 3)))
+    assert small["w1"].shape == (3, 3)
+    # 3 kept units of 2 * 3 = 6 each, summed by w2.
+    np.testing.assert_allclose(small_fn(small, 2 * jnp.ones((5, 3))), 18 * jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"cannot run at input shapes \[\(1, 3\)\].*reduced by"):
+        small_fn(small, jnp.ones((1, 3)))
