@@ -390,10 +390,32 @@ def test_gemma_style_channel_groups_for_structured_pruning():
     def group_of(name, axis):
         return next(g for g in groups if any(m.name == name and m.axis == axis for m in g.members))
 
+    axes = analysis.weight_axes(graph)
+    gating = axes["params/blocks_0/mlp/gating_einsum"]  # (2, D, F): D in, (2, F) out
+    assert (gating.contracting, gating.output, gating.consistent) == ((1,), (0, 2), True)
+    kv = axes["params/blocks_0/attn/kv_einsum/w"]  # (2, K, D, H)
+    assert (kv.contracting, kv.output) == ((2,), (0, 1, 3))
+    emb = axes["params/input_embedding"]  # gathered (not a matmul use) and tied for logits
+    assert (emb.contracting, emb.output, emb.uses) == ((1,), (0,), 1)
+
     vocab = group_of("params/input_embedding", 0)
     assert vocab.reaches_output and vocab.blocked is not None
     resid = group_of("params/input_embedding", 1)  # summed by RMSNorm, not an output axis
     assert not resid.reaches_output and "reduced by" in resid.blocked
+    coupling = analysis.couple(graph)
+    assert analysis.reaches_output(coupling, "params/input_embedding", 0)
+    assert not analysis.reaches_output(coupling, "params/blocks_0/mlp/linear", 0)
+
+
+def test_weight_axes_of_equinox_layouts():
+    mlp = eqx.nn.MLP(4, 3, 8, 1, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(mlp, eqx.is_array)
+    graph = jaxpr.trace(lambda p, x: jax.vmap(eqx.combine(p, static))(x), params, jnp.ones((2, 4)))
+    axes = analysis.weight_axes(graph)
+    assert axes["layers/0/weight"].contracting == (1,) and axes["layers/0/weight"].output == (0,)
+    coupling = analysis.couple(graph)
+    assert analysis.reaches_output(coupling, "layers/1/weight", 0)  # the 3 outputs
+    assert not analysis.reaches_output(coupling, "layers/1/weight", 1)  # the hidden units
 
 
 # ----------------------------------------------------------------------------- masks

@@ -12,6 +12,9 @@ and structured pruning, which scores and removes whole groups.
 (a query kernel's head axis is (KV head, query head in the group) in grouped-query
 attention), the group's size, whether it reaches the model's outputs, and which weights
 produce it (an output axis of a matmul weight) and consume it (a contracting axis).
+:func:`weight_axes` gives each weight's contracting (input) and output axes over its uses, for
+any layout (``(in, out)`` kernels, equinox's and torch's ``(out, in)``, einsum kernels);
+:func:`reaches_output` says whether a parameter axis is an axis of the model's outputs.
 """
 
 from __future__ import annotations
@@ -226,6 +229,66 @@ def channel_groups_of(coupling: Coupling) -> list[ChannelGroup]:
         )
     out.sort(key=lambda grp: (grp.members[0].leaf, grp.members[0].axis, grp.members[0].factor))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightAxes:
+    """How a parameter is used as a matmul / convolution weight, over all its resolved uses.
+
+    Attributes:
+      contracting: leaf axes summed over by the matmul (the input units; a convolution's
+        input features and window).
+      output: leaf axes that index the matmul's output (the output units).
+      batch: leaf axes that are ``dot_general`` batch dimensions (an einsum's shared axis).
+      uses: how many resolved uses there are.
+      consistent: whether every use gives the leaf axes the same roles.
+    """
+
+    contracting: tuple[int, ...]
+    output: tuple[int, ...]
+    batch: tuple[int, ...]
+    uses: int
+    consistent: bool
+
+
+def weight_axes(graph: mg.ModelGraph) -> dict[str, WeightAxes]:
+    """Per weight (every leaf with a resolved matmul / convolution use), its axes' roles.
+
+    Args:
+      graph: from :func:`jaxprune._src.jaxpr.trace`.
+
+    Returns:
+      ``{name: WeightAxes}`` (leaves without a resolved use are absent).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune._src import jaxpr
+      >>> from jaxprune._src.shrink import analysis
+      >>> params = {"w": jnp.ones((4, 3)), "emb": jnp.ones((10, 4))}  # torch-style, tied
+      >>> fn = lambda p, x: (x @ p["w"].T) @ p["emb"].T
+      >>> axes = analysis.weight_axes(jaxpr.trace(fn, params, jnp.ones((2, 3))))
+      >>> axes["w"].contracting, axes["w"].output, axes["emb"].contracting
+      ((1,), (0,), (1,))
+    """
+    out: dict[str, WeightAxes] = {}
+    for name in graph.param_names:
+        uses = graph.uses_of(name)
+        if not uses:
+            continue
+        roles = {(u.contracting_axes, u.output_axes, u.batch_axes) for u in uses}
+        contracting = tuple(sorted({a for u in uses for a in u.contracting_axes}))
+        output = tuple(sorted({a for u in uses for a in u.output_axes}))
+        batch = tuple(sorted({a for u in uses for a in u.batch_axes}))
+        out[name] = WeightAxes(contracting, output, batch, len(uses), len(roles) == 1)
+    return out
+
+
+def reaches_output(coupling: Coupling, name: str, axis: int) -> bool:
+    """Whether parameter ``name``'s axis ``axis`` (any factor of it) is an axis of one of
+    ``fn``'s outputs (a classifier's classes, an LM's vocabulary): never a removable unit."""
+    leaf = coupling.graph.param_names.index(name)
+    d = coupling.dims
+    return any(d.reaches_output(a) for a in d.atoms(coupling.param_dims[leaf][axis]))
 
 
 def describe(value: Any) -> str:
