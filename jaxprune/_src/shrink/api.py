@@ -270,7 +270,12 @@ def shrink(
         params_after=int(sum(math.prod(np.shape(x)) for x in new_leaves)),
     )
     small_params = jax.tree.unflatten(jax.tree.structure(params), new_leaves)
-    dense_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+    dense_structs = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            np.shape(x), getattr(x, "dtype", None) or jnp.asarray(x).dtype
+        ),
+        params,
+    )
     small_fn = ShrunkFunction(
         fn,
         dense_structs,
