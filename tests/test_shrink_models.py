@@ -9,6 +9,8 @@ on fresh inputs of several shapes, parameter counts are counted by hand, and whe
 can rebuild the model with smaller widths, the small params run in the user's own model code.
 """
 
+import inspect
+
 import equinox as eqx
 import flax.linen as nn
 import haiku as hk
@@ -134,6 +136,36 @@ def test_nnx_multihead_attention_with_rng_state():
     for shape in [(3, 4, 8), (1, 1, 8)]:
         x = _normal(rng, shape)
         _close(call(small, x), call(masked_model, x), 1e-5)
+
+
+class _NnxGQA(nnx.Module):
+    def __init__(self, rngs):
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=4, num_kv_heads=2, in_features=8, qkv_features=16, decode=False, rngs=rngs
+        )
+
+    def __call__(self, x):
+        return self.attn(x)
+
+
+@pytest.mark.skipif(
+    "num_kv_heads" not in inspect.signature(nnx.MultiHeadAttention.__init__).parameters,
+    reason="nnx.MultiHeadAttention has no grouped-query attention in this flax version",
+)
+def test_nnx_grouped_query_attention_by_kv_group():
+    rng = np.random.default_rng(8)
+    model = _NnxGQA(nnx.Rngs(0))
+    # KV group 1 = query heads 2 and 3: their output rows.
+    model.attn.out.kernel[...] = model.attn.out.kernel[...].at[2:4].set(0.0)
+    small, report = jaxprune.shrink_nnx(model, _normal(rng, (2, 5, 8)))
+    assert small.attn.query.kernel.shape == (8, 2, 4) and small.attn.key.kernel.shape == (8, 1, 4)
+    assert small.attn.value.kernel.shape == (8, 1, 4) and small.attn.out.kernel.shape == (2, 4, 8)
+    assert (small.attn.num_heads, small.attn.num_kv_heads) == (2, 1)
+    # q: 8*2*4 + 2*4; k, v: 8*1*4 + 4 each; out: 2*4*8 + 8.
+    assert report.params_after == (64 + 8) + 2 * (32 + 4) + (64 + 8)
+    x = _normal(rng, (1, 3, 8))
+    call = nnx.jit(lambda m, x: m(x))
+    _close(call(small, x), call(model, x), 1e-5)
 
 
 def test_nnx_module_passed_as_params_is_caught():
