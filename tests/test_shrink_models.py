@@ -360,10 +360,12 @@ def test_gemma_style_gqa_heads_kv_groups_and_mlp():
     # goes, and so does the first query head of every group (heads 0, 2); head 1 stays.
     o = np.ones((4, 8, 16), bool)
     o[[0, 2, 3]] = False
-    # MLP units 0..5 by their gating columns (both halves), and every third unit by its
-    # row of the down projection: 12 of 24 go.
+    # MLP units 0..5 by the up half of their gating columns (gate[..., 1, :] is 0), units 6
+    # and 7 by the gate half (silu(0) = 0), and every third unit by its row of the down
+    # projection: 13 of 24 go (0..7, 9, 12, 15, 18, 21).
     gating = np.ones((2, 16, 24), bool)
-    gating[:, :, :6] = False
+    gating[1, :, :6] = False
+    gating[0, :, 6:8] = False
     linear = np.ones((24, 16), bool)
     linear[::3] = False
     block["attn"]["attn_vec_einsum"]["w"] = jnp.asarray(o)
@@ -374,15 +376,15 @@ def test_gemma_style_gqa_heads_kv_groups_and_mlp():
     assert s["attn"]["q_einsum"]["w"].shape == (1, 16, 8)
     assert s["attn"]["kv_einsum"]["w"].shape == (2, 1, 16, 8)
     assert s["attn"]["attn_vec_einsum"]["w"].shape == (1, 8, 16)
-    assert s["mlp"]["gating_einsum"].shape == (2, 16, 12)
-    assert s["mlp"]["linear"].shape == (12, 16)
+    assert s["mlp"]["gating_einsum"].shape == (2, 16, 11)
+    assert s["mlp"]["linear"].shape == (11, 16)
     masked = _masked(variables, masks)
     np.testing.assert_array_equal(
         s["attn"]["q_einsum"]["w"][0], masked["params"]["blocks_0"]["attn"]["q_einsum"]["w"][1]
     )
     # Embedding 32*16, three norms of 16; q, k and v of one head, o; the MLP.
     assert small_fn.report.params_after == (
-        32 * 16 + 3 * 16 + 16 * 8 + 2 * 16 * 8 + 8 * 16 + 2 * 16 * 12 + 12 * 16
+        32 * 16 + 3 * 16 + 16 * 8 + 2 * 16 * 8 + 8 * 16 + 2 * 16 * 11 + 11 * 16
     )
     # The residual stream, head_dim (RoPE's frequencies) and the vocabulary stay whole.
     assert small["params"]["input_embedding"].shape == (32, 16)

@@ -23,8 +23,10 @@ enters ``scan`` / ``cond`` / ``while``):
    channel ``j``, which values are a known constant on their slice ``j`` (for all inputs): a
    zero kernel slice makes the matmul's output slice 0, adding a bias makes it ``b[j]``,
    elementwise ops (activations, BatchNorm) are evaluated on those constants, ``0 *
-   anything`` is 0. A slice is constant only over all other axes of the value (a gemma
-   gating kernel ``(2, D, F)`` whose gate half alone is zero on unit ``j`` keeps ``j``).
+   anything`` is 0. Constants are also kept per index of one other small axis (up to
+   16) of parameters and matmul outputs, so a slice that picks part of that axis knows its
+   channels: gemma's ``gate[..., 1, :]`` of a gating kernel ``(2, D, F)`` whose up half
+   alone is zero on unit ``j`` is 0 on ``j``.
 3. **Decision** (``decision.py``: :class:`Decision`): at every contraction of a group,
    channel ``j`` contributes nothing when one side's slice is known 0. When the activation
    side is a known nonzero constant ``c_j`` (a pruned channel with a bias: ``act(b_j)``) and

@@ -14,7 +14,14 @@ import numpy as np
 from jaxprune._src import jaxpr as mg
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.shrink import analysis
-from jaxprune._src.shrink.constants import EMPTY, ChannelConstants, Constants, slice_constants
+from jaxprune._src.shrink.constants import (
+    EMPTY,
+    SUB_AXIS_MAX,
+    ChannelConstants,
+    Constants,
+    slice_constants,
+    slice_constants_by,
+)
 from jaxprune._src.shrink.decision import Decision, take_dims
 from jaxprune._src.shrink.function import AxisCut, ShrunkFunction
 from jaxprune._src.shrink.report import ShrinkReport
@@ -205,15 +212,23 @@ def shrink(
     consts = Constants(dims, cp.coupler, cp.candidates)
     cfacts = []
     for i in range(n):
-        entries = []
+        entries, sub = [], []
+        value = leaves[i]
         for axis, dd in enumerate(param_dims[i]):
             atoms = dims.atoms(dd)
             sizes = tuple(dims.size[a] for a in atoms)
-            value = leaves[i]
             for pos, a in enumerate(atoms):
-                if a in cp.candidates and value is not None:
-                    entries.append((a, slice_constants(value, axis, sizes, pos)))
-        cfacts.append(ChannelConstants(tuple(entries)))
+                if a not in cp.candidates or value is None:
+                    continue
+                entries.append((a, slice_constants(value, axis, sizes, pos)))
+                for other, od in enumerate(param_dims[i]):
+                    h = dims.atoms(od)
+                    if other == axis or len(h) != 1 or dims.size[h[0]] > SUB_AXIS_MAX:
+                        continue
+                    table = slice_constants_by(value, axis, sizes, pos, other)
+                    if table is not None:
+                        sub.append((a, h[0], table))
+        cfacts.append(ChannelConstants(tuple(entries), tuple(sub)))
     cfacts += [EMPTY] * (len(graph.jaxpr.jaxpr.invars) - n)
     mg.walk(graph.jaxpr, cfacts, consts)
 
