@@ -6,6 +6,7 @@ import pathlib
 import re
 import tomllib
 
+import numpy as np
 import pytest
 
 import jaxprune
@@ -15,10 +16,10 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_all_matches_exports_and_version():
+    # Subpackages (jaxprune.demos, once any test imported it) are attributes, not exports.
     assert sorted(jaxprune.__all__) == sorted(
         n
         for n in dir(jaxprune)
-        # Submodules (jaxprune.demos once a test imported it) are not exports.
         if not n.startswith("_")
         and n != "annotations"
         and not inspect.ismodule(getattr(jaxprune, n))
@@ -52,23 +53,65 @@ def test_main_entry_points_cite_zhu_and_gupta(name):
     assert "References:" in doc and "Zhu & Gupta" in doc and "2017" in doc
 
 
-def _readme_block(heading, lang):
-    section = README.split(heading, 1)[1]
-    return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
+def _readme_python_sections():
+    """The README's ```python blocks, grouped by the heading (#, ## or ###) they are under.
+
+    Fenced blocks of any language are consumed whole, so a ``#`` comment in one is no heading.
+    """
+    sections: dict[str, list[str]] = {}
+    heading = None
+    for m in re.finditer(r"^(#{1,3}) (.+?)$|^```(\w*)\n(.*?)^```$", README, re.M | re.S):
+        if m.group(1):
+            heading = m.group(2)
+        elif m.group(3) == "python":
+            sections.setdefault(heading, []).append(m.group(4))
+    return sections
 
 
-def test_readme_quickstart_runs(capsys):
-    code = _readme_block("## Quickstart", "python")
-    namespace = {}
-    exec(compile(code, "README.md:quickstart", "exec"), namespace)
+README_SECTIONS = _readme_python_sections()
+
+# What a section's blocks print (beyond the asserts in them), by the start of its heading.
+README_OUTPUT = {
+    "jaxprune": [],
+    "Quickstart": ["model_pruning/sparsity", "dense1: 0.900 sparse"],
+    "Flax linen": ["dense1: 0.900 sparse"],
+    "Two ways to run pruning": ["model_pruning/sparsity", "dense1: 0.900 sparse"],
+    "Using it correctly": ["8 of 16 weights pruned\n12 of 16 weights pruned"],
+    "Beyond TF": [],
+    "One-shot pruning of an nnx model": ["dense1: 0.900 sparse"],
+    "One-shot pruning of trained models": [],
+}
+
+
+def _expected_output(heading):
+    (key,) = [k for k in README_OUTPUT if heading.startswith(k)]
+    return README_OUTPUT[key]
+
+
+def test_every_readme_python_block_is_run():
+    """Each section with code has its expectations here; no block is left out."""
+    assert all(len([k for k in README_OUTPUT if h.startswith(k)]) == 1 for h in README_SECTIONS)
+    fences = re.findall(r"^```python$", README, re.M)
+    assert sum(len(blocks) for blocks in README_SECTIONS.values()) == len(fences) >= 10
+
+
+@pytest.mark.parametrize("heading", list(README_SECTIONS))
+def test_readme_section_runs_as_pasted(heading, capsys):
+    """A section's blocks run in order in one fresh namespace: complete as pasted, asserts hold."""
+    namespace: dict = {}
+    for i, code in enumerate(README_SECTIONS[heading]):
+        exec(compile(code, f"README.md:{heading}:{i}", "exec"), namespace)
     out = capsys.readouterr().out
-    assert "model_pruning/sparsity" in out and "dense1: 0.900 sparse" in out
-
-
-def test_readme_linen_example_runs(capsys):
-    code = _readme_block("### Flax linen", "python")
-    exec(compile(code, "README.md:linen", "exec"), {})
-    assert "dense1: 0.900 sparse" in capsys.readouterr().out
+    for expected in _expected_output(heading):
+        assert expected in out, (heading, expected, out)
+    if heading.startswith("Beyond TF"):  # the last block pruned gradually to exactly 2:4
+        assert namespace["p"]["dense1"]["kernel"].shape == (64, 256)
+    if heading.startswith("Two ways"):  # the separate update: pruned weights are exactly 0
+        masks = jaxprune.get_pruning_state(namespace["opt_state"]).masks
+        for layer, n in (("dense1", 64 * 256), ("dense2", 256 * 10)):
+            mask = np.asarray(masks[layer]["kernel"])
+            kernel = np.asarray(namespace["params"][layer]["kernel"])
+            assert mask.sum() == round(0.1 * n) and np.all(kernel[~mask] == 0)
 
 
 def test_readme_commands_and_ci_agree():

@@ -1,6 +1,7 @@
 """PruningHParams: TF defaults, the three ways to build it, validation, printing."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -184,14 +185,83 @@ def test_unknown_names_in_replace_and_dict():
         jaxprune.PruningHParams.from_dict({"sparsity_target": 0.5})
 
 
-def test_print_hparams_one_field_per_line(capsys):
+def _did_you_mean(message):
+    """The names after "did you mean", or [] when the message suggests none."""
+    m = re.search(r"did you mean (.*?)\?", message)
+    return re.findall(r"'(\w+)'", m.group(1)) if m else []
+
+
+@pytest.mark.parametrize(
+    "name, suggested",
+    [
+        ("sparsity_target", ["target_sparsity"]),  # the same words in another order
+        ("Target_Sparsity", ["target_sparsity"]),  # another case
+        ("target_sparisty", ["target_sparsity"]),  # a typo
+        ("pruning_frequence", ["pruning_frequency"]),
+        ("scope", ["pruning_scope"]),  # one word of a field's name
+        ("exponent", ["sparsity_function_exponent"]),
+        ("bogus", []),  # nothing close: no guess
+    ],
+)
+def test_unknown_name_suggests_the_closest_fields(name, suggested):
+    for build in (
+        lambda: jaxprune.get_pruning_hparams().replace(**{name: 0.5}),
+        lambda: jaxprune.PruningHParams.from_dict({name: 0.5}),
+        lambda: jaxprune.get_pruning_hparams().parse(f"{name}=0.5"),
+    ):
+        with pytest.raises(ValueError) as err:
+            build()
+        message = str(err.value)
+        assert f"Unknown hparam '{name}'" in message
+        assert _did_you_mean(message) == suggested, message
+        assert "known hparams" in message.lower() and "'use_tpu'" in message  # all listed
+
+
+@pytest.mark.parametrize(
+    "build, hint",
+    [
+        (lambda hp: hp.replace(target_sparsity=90), "0.9 for 90 %"),
+        (lambda hp: hp.parse("target_sparsity=80"), "0.8 for 80 %"),
+        (lambda hp: hp.replace(initial_sparsity=50.0), "0.5 for 50 %"),
+        (lambda hp: hp.parse("weight_sparsity_map=[conv1:75]"), "0.75 for 75 %"),
+        (lambda hp: hp.replace(target_sparsity=100), "0.9 for 90 %"),  # not a likely percentage
+        (lambda hp: hp.replace(target_sparsity=1.0), "0.9 for 90 %"),
+    ],
+)
+def test_sparsity_given_as_a_percentage_says_fraction(build, hint):
+    with pytest.raises(ValueError) as err:
+        build(jaxprune.get_pruning_hparams())
+    assert "must be in [0, 1)" in str(err.value) and f"a fraction, e.g. {hint}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"target_sparsity": -0.5}, {"target_sparsity": float("nan")}, {"threshold_decay": 5}]
+)
+def test_no_percentage_hint_where_it_cannot_be_one(kwargs):
+    with pytest.raises(ValueError) as err:
+        jaxprune.get_pruning_hparams().replace(**kwargs)
+    assert "must be in [0, 1)" in str(err.value) and "fraction" not in str(err.value)
+
+
+def test_print_hparams_prints_one_field_per_line_and_returns_none(capsys):
     hp = jaxprune.get_pruning_hparams().parse("name=test,block_dims_map=[dense1:4x4]")
-    text = jaxprune.print_hparams(hp)
+    assert jaxprune.print_hparams(hp) is None  # like print: a notebook shows the text once
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == text.splitlines() == str(hp).splitlines()
+    assert printed == str(hp).splitlines()
     assert len(printed) == len(TF_DEFAULTS)
     assert "name=test" in printed and "block_dims_map=[dense1:4x4]" in printed
     assert "target_sparsity=0.5" in printed
+    assert jaxprune.Pruning(hp).print_hparams() is None
+    assert capsys.readouterr().out.strip().splitlines() == printed
+
+
+def test_printed_lines_parse_back_to_the_same_hparams():
+    """print_hparams' lines are TF HParams syntax: joined with commas they parse back."""
+    hp = jaxprune.get_pruning_hparams().parse(
+        "name=x,weight_sparsity_map=[conv{1,2}:0.8,d:0.5],sparsity_axis=-1,use_tpu=true"
+    )
+    text = ",".join(line for line in str(hp).splitlines())
+    assert jaxprune.get_pruning_hparams().parse(text) == hp
 
 
 def test_weight_sparsity_map_two_matches_is_an_error():

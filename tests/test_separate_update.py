@@ -9,9 +9,7 @@ orbax, nnx.Optimizer and the errors are covered too.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import pathlib
 import re
 import warnings
 
@@ -534,25 +532,3 @@ def test_transform_after_masks_transform_warns():
         jax.effects_barrier()
     messages = [str(w.message) for w in caught if "update_masks" in str(w.message)]
     assert len(messages) == 1 and "step 4" in messages[0] and "d0/kernel" in messages[0]
-
-
-def test_readme_example_runs():
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### Two ways to run pruning", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    params, x, y = _mlp(seed=8)
-    namespace = {
-        "functools": functools,
-        "jax": jax,
-        "optax": optax,
-        "jaxprune": jaxprune,
-        "hparams": HP.replace(**RAMP, target_sparsity=0.75),
-        "params": params,
-        "loss_fn": lambda p, batch: _loss(p, *batch),
-    }
-    exec(compile(code, "README.md:two-ways", "exec"), namespace)
-    train_step, params, opt_state = (namespace[k] for k in ("train_step", "params", "opt_state"))
-    for _ in range(9):
-        params, opt_state = train_step(params, opt_state, (x, y))
-    mask = np.asarray(jaxprune.get_pruning_state(opt_state).masks["d1"]["kernel"])
-    assert int(mask.sum()) == 64 and np.all(np.asarray(params["d1"]["kernel"])[~mask] == 0)

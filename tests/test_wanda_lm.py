@@ -8,6 +8,8 @@ then pruned one-shot at 50 % and 2:4 by magnitude and by Wanda, overall and one 
 import json
 import math
 import os
+import pathlib
+import re
 import shutil
 
 import jax
@@ -221,7 +223,7 @@ def test_wanda_masks_against_numpy_reference(demo):
     assert (groups.sum(1) == 2).all()
 
 
-def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
+def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch, capsys):
     config, summary = demo
     with open(os.path.join(config.out, "wanda.json")) as f:
         written = json.load(f)
@@ -230,10 +232,18 @@ def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
     with open(os.path.join(config.out, "wanda.png"), "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     table = wd.format_table(summary)
-    assert "| Wanda | output |" in table and f"{summary['dense']['perplexity']:.3f}" in table
-    # A second run loads the model: the same numbers without training.
-    again = wd.run_wanda_demo(config.__class__(**{**config.__dict__, "plots": False}))
+    assert "| Wanda | output unit |" in table and f"{summary['dense']['perplexity']:.3f}" in table
+    # A second run loads the model: the same numbers without training. Between loading and
+    # the tables it says what it does and shows one bar: dense, calibration, then 6 methods
+    # on all blocks and on each of the 2 blocks alone.
+    capsys.readouterr()
+    again = wd.run_wanda_demo(
+        config.__class__(**{**config.__dict__, "plots": False, "progress": True})
+    )
     assert again["loaded_checkpoint"] and again["overall"] == summary["overall"]
+    out, err = capsys.readouterr()
+    assert "pruning with 6 methods" in out and "19 evaluations of 256 held-out windows" in out
+    assert "prune + evaluate" in err and "20/20" in err and "block 1, Wanda 2:4" in err
     # A different training setting does not reuse it: with the checkpoint copied to a fresh
     # directory, 3 steps instead of 400 must train (stopped before any work: no compile).
     shutil.copy(os.path.join(config.out, wd.CHECKPOINT), tmp_path / wd.CHECKPOINT)
@@ -249,3 +259,35 @@ def test_outputs_and_checkpoint_reuse(demo, tmp_path, monkeypatch):
     assert wd.load_or_train(same, lm.load_corpus())[2]["loaded"]
     with pytest.raises(Trains):
         wd.load_or_train(config.__class__(**{**same.__dict__, "steps": 3}), lm.load_corpus())
+
+
+def _markdown_rows(text):
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ")
+    ]
+
+
+def test_readme_perplexity_table_is_the_commands_table(demo):
+    """The README's table has the printed table's rows, columns and blanks; its numbers agree.
+
+    The numbers are the default run's (this test's model is smaller); the command prints the
+    2:4 column once per method (the scope does not matter for 2:4), and the dense perplexity is
+    exp of the dense loss the per-block table gives.
+    """
+    _, summary = demo
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("`jaxprune demo-wanda` trains", 1)[1].split("Held-out loss increase", 1)
+    table, rest = _markdown_rows(section[0]), section[1]
+    printed = _markdown_rows(wd.format_table(summary).split("(2:4:", 1)[0])
+    assert [r[:2] for r in table] == [r[:2] for r in printed]  # header, methods, groups
+    for mine, theirs in zip(table, printed, strict=True):
+        assert [c == "" for c in mine] == [c == "" for c in theirs]
+        assert all(re.fullmatch(r"\d+\.\d{3}", c) for c in mine[2:] if c and mine[0] != "method")
+    by_method = {}
+    for method, _, _, two_four in table[2:]:
+        by_method.setdefault(method, set()).add(two_four)
+    assert all(len(v) == 1 for v in by_method.values())
+    dense_nll = float(re.search(r"\(dense (\d\.\d{4})\)", rest).group(1))
+    assert abs(math.exp(dense_nll) - float(table[1][2])) < 1e-3  # the loss has 4 decimals

@@ -2,7 +2,8 @@
 
 Every field keeps the name, default (TF r1.15) and meaning it had in
 ``tf.contrib.model_pruning``. Instances are immutable and validated when they
-are built, so a bad value fails loudly before any tracing or training.
+are built, so a bad value fails loudly before any tracing or training. TF's
+HParams string syntax (:meth:`PruningHParams.parse`) is read by ``hparams_syntax``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from jaxprune._src import hparams_syntax
 
 _POOLING_FUNCTIONS = ("AVG", "MAX")
 _THRESHOLD_METHODS = ("exact", "histogram")
@@ -174,7 +177,7 @@ class PruningHParams:
           >>> hp.name, hp.target_sparsity, hp.block_dims_map
           ('test', 0.9, ('dense1:4x4',))
         """
-        return self.replace(**_parse_hparams_string(values))
+        return self.replace(**hparams_syntax.parse(values, _field_types()))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PruningHParams:
@@ -218,7 +221,9 @@ class PruningHParams:
         return out
 
     def __str__(self) -> str:
-        return "\n".join(f"{key}={_format_value(v)}" for key, v in self.to_dict().items())
+        return "\n".join(
+            f"{key}={hparams_syntax.format_value(v)}" for key, v in self.to_dict().items()
+        )
 
     # -- resolved maps --------------------------------------------------------
 
@@ -340,18 +345,21 @@ def as_hparams(hparams: Any) -> PruningHParams:
     )
 
 
-def print_hparams(hparams: PruningHParams) -> str:
-    """Prints every field of ``hparams``, one ``name=value`` per line.
+def print_hparams(hparams: PruningHParams) -> None:
+    """Prints every field of ``hparams``, one ``name=value`` per line (TF's ``print_hparams``).
+
+    Like ``print`` (and TF's method, which logs), it returns None, so that a notebook shows the
+    text once; ``str(hparams)`` is the same text as a string.
 
     Args:
       hparams: the hyperparameters to show.
 
     Returns:
-      The printed text.
+      None.
 
     Examples:
       >>> import jaxprune
-      >>> text = jaxprune.print_hparams(jaxprune.get_pruning_hparams())  # doctest: +ELLIPSIS
+      >>> jaxprune.print_hparams(jaxprune.get_pruning_hparams())  # doctest: +ELLIPSIS
       name=model_pruning
       begin_pruning_step=0
       ...
@@ -359,25 +367,26 @@ def print_hparams(hparams: PruningHParams) -> str:
       ...
       sparsity_axis=None
     """
-    text = str(hparams)
-    print(text)
-    return text
+    print(str(hparams))
 
 
 # -- helpers ------------------------------------------------------------------
 
 
+def _field_types() -> dict[str, str]:
+    """Every field's name and type (its annotation string, as ``hparams_syntax`` reads them)."""
+    return {f.name: str(f.type) for f in dataclasses.fields(PruningHParams)}
+
+
 def _check_names(values: Mapping[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(PruningHParams)}
+    known = _field_types()
     for key in values:
         if key not in known:
-            raise ValueError(f"Unknown hparam {key!r}; known hparams: {sorted(known)}")
+            raise ValueError(hparams_syntax.unknown_name(key, known))
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ",".join(value) + "]"
-    return str(value)
+# The TF string form of one value; pruning.py's repr uses it under this name.
+_format_value = hparams_syntax.format_value
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -442,9 +451,33 @@ def _split_entries(entries: Iterable[str]) -> list[tuple[str, str]]:
     return [tuple(e.rsplit(":", 1)) for e in entries]  # type: ignore[misc]
 
 
-def _check_unit_interval(name: str, value: float) -> None:
+def fraction_hint(value: Any) -> str:
+    """What to say about a sparsity outside ``[0, 1)`` that was meant as a percentage.
+
+    Args:
+      value: the rejected sparsity.
+
+    Returns:
+      ``": a fraction, e.g. 0.9 for 90 %"`` (with ``value / 100`` for a value in
+      ``[2, 100)``, the likely percentage), or ``""`` for a value that can't be one
+      (below 1, negative, NaN, a string).
+
+    Examples:
+      >>> from jaxprune._src.hparams import fraction_hint
+      >>> fraction_hint(80), fraction_hint(1.0), fraction_hint(-0.5)
+      (': a fraction, e.g. 0.8 for 80 %', ': a fraction, e.g. 0.9 for 90 %', '')
+    """
+    if isinstance(value, bool) or not _is_real(value) or not math.isfinite(value) or value < 1:
+        return ""
+    if 2 <= value < 100:
+        return f": a fraction, e.g. {float(value) / 100:g} for {float(value):g} %"
+    return ": a fraction, e.g. 0.9 for 90 %"
+
+
+def _check_unit_interval(name: str, value: float, *, percent: bool) -> None:
     if not (0.0 <= value < 1.0):
-        raise ValueError(f"hparam {name} must be in [0, 1), got {value!r}")
+        hint = fraction_hint(value) if percent else ""
+        raise ValueError(f"hparam {name} must be in [0, 1), got {value!r}{hint}")
 
 
 # Steps are int32 in the pruning state (like optax's counts), so step fields must fit in it.
@@ -491,8 +524,9 @@ def _validate(hp: PruningHParams) -> None:
             "hparam sparsity_function_end_step must be > sparsity_function_begin_step "
             f"({hp.sparsity_function_begin_step}), got {hp.sparsity_function_end_step}"
         )
-    for key in ("threshold_decay", "initial_sparsity", "target_sparsity"):
-        _check_unit_interval(key, getattr(hp, key))
+    _check_unit_interval("threshold_decay", hp.threshold_decay, percent=False)
+    for key in ("initial_sparsity", "target_sparsity"):
+        _check_unit_interval(key, getattr(hp, key), percent=True)
     if not (math.isfinite(hp.sparsity_function_exponent) and hp.sparsity_function_exponent >= 0):
         raise ValueError(
             "hparam sparsity_function_exponent must be a finite number >= 0, "
@@ -525,7 +559,7 @@ def _validate(hp: PruningHParams) -> None:
         if not (0.0 <= sparsity < 1.0):
             raise ValueError(
                 f"hparam weight_sparsity_map entry {entry!r}: sparsity must be in [0, 1), "
-                f"got {sparsity!r}"
+                f"got {sparsity!r}{fraction_hint(sparsity)}"
             )
     for entry in hp.block_dims_map:
         _, value = _check_entry("block_dims_map", entry)
@@ -630,99 +664,3 @@ def _check_entry(field: str, entry: str) -> tuple[str, str]:
             f"{type(e).__name__}: {reason}"
         ) from None
     return regex, value.strip()
-
-
-# -- TF HParams string parsing -------------------------------------------------
-
-_NAME_RE = re.compile(r"\s*([A-Za-z_][\w.]*)\s*=\s*")
-
-
-def _parse_hparams_string(text: str) -> dict[str, Any]:
-    """Parses TF HParams syntax into a dict of typed values."""
-    if not isinstance(text, str):
-        raise ValueError(f"hparams string must be a str, got {text!r}")
-    fields = {f.name: f.type for f in dataclasses.fields(PruningHParams)}
-    out: dict[str, Any] = {}
-    pos, n = 0, len(text)
-    while pos < n:
-        if not text[pos:].strip():
-            break
-        m = _NAME_RE.match(text, pos)
-        if not m:
-            raise ValueError(f"Could not parse hparams at {text[pos:]!r} (expected name=value)")
-        key = m.group(1)
-        pos = m.end()
-        if key not in fields:
-            raise ValueError(f"Unknown hparam {key!r} in {text!r}; known hparams: {sorted(fields)}")
-        if key in out:
-            raise ValueError(f"hparam {key} is assigned more than once in {text!r}")
-        if pos < n and text[pos] == "[":
-            end = _matching_bracket(text, pos)
-            raw_list = _split_top_level(text[pos + 1 : end])
-            pos = end + 1
-            if fields[key] != "tuple[str, ...]":
-                raise ValueError(f"hparam {key} takes a single value, got a list {raw_list!r}")
-            out[key] = tuple(item.strip() for item in raw_list if item.strip())
-        else:
-            end = text.find(",", pos)
-            end = n if end == -1 else end
-            raw = text[pos:end].strip()
-            pos = end
-            if fields[key] == "tuple[str, ...]":
-                raise ValueError(f"hparam {key} takes a list like [a:1,b:2], got {raw!r}")
-            out[key] = _parse_scalar(key, fields[key], raw)
-        rest = text[pos:].lstrip()
-        if rest and not rest.startswith(","):
-            raise ValueError(f"Could not parse hparams at {rest!r} (expected ',')")
-        pos = n - len(rest) + (1 if rest else 0)
-    return out
-
-
-def _matching_bracket(text: str, start: int) -> int:
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "[":
-            depth += 1
-        elif text[i] == "]":
-            depth -= 1
-            if depth == 0:
-                return i
-    raise ValueError(f"Unbalanced '[' in hparams string {text!r}")
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Splits at commas not inside (), [] or {} (a regex may hold commas, e.g. ``a{1,2}``)."""
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    items.append(text[start:])
-    return items
-
-
-def _parse_scalar(key: str, annotation: str, raw: str) -> Any:
-    if annotation == "str":
-        return raw
-    if annotation == "bool":
-        lowered = raw.lower()
-        if lowered in ("true", "1"):
-            return True
-        if lowered in ("false", "0"):
-            return False
-        raise ValueError(f"hparam {key} must be a bool (true/false), got {raw!r}")
-    if annotation == "int | None" and raw.lower() == "none":
-        return None
-    if annotation in ("int", "int | None"):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"hparam {key} must be an integer, got {raw!r}") from None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"hparam {key} must be a number, got {raw!r}") from None

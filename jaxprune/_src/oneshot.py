@@ -155,6 +155,15 @@ class FixedMasksState(NamedTuple):
     Attributes:
       masks: the masks, structured like params: a bool array for each masked leaf, None for the
         others.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxprune
+      >>> params = {"w": jnp.array([[1.0, -3.0], [0.5, 2.0]]), "b": jnp.ones(2)}
+      >>> _, masks = jaxprune.prune(params, sparsity=0.5)
+      >>> state = optax.chain(optax.sgd(0.1), jaxprune.fixed_masks(masks)).init(params)
+      >>> state[1].masks["w"], state[1].masks["b"]
+      (Array([[False,  True],
+             [False,  True]], dtype=bool), None)
     """
 
     masks: Any

@@ -291,6 +291,6 @@ class Pruning:
         """TF's ``add_pruning_summaries``: :func:`summaries` under this spec's name."""
         return state_lib.summaries(state, name=self.hparams.name)
 
-    def print_hparams(self) -> str:
-        """Prints the hyperparameters, one per line (TF's ``print_hparams``)."""
-        return print_hparams(self.hparams)
+    def print_hparams(self) -> None:
+        """Prints the hyperparameters, one per line (TF's ``print_hparams``); returns None."""
+        print_hparams(self.hparams)

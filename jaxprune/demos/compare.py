@@ -77,7 +77,9 @@ def compare_methods(config: demo.DemoConfig, methods=METHODS) -> dict[str, Any]:
       methods: the methods to compare.
 
     Returns:
-      ``{"rows": [...], "dense_accuracy": ..., ...}``, also written to ``<out>/compare.json``.
+      ``{"rows": [...], "history": {...}, "shrink": {...}, ...}``, also written to
+      ``<out>/compare.json``: per method its test accuracy and sparsity, and the test accuracy
+      every ``demo.EVAL_EVERY`` steps; the schedule, versions and device of the run.
     """
     start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
@@ -86,12 +88,15 @@ def compare_methods(config: demo.DemoConfig, methods=METHODS) -> dict[str, Any]:
         f"jaxprune demo --compare: {len(data[0])} train / {len(data[2])} test digits, "
         f"{config.steps} steps per run, target sparsity {config.target_sparsity:.0%}"
     )
-    dense = demo.train("dense", config, data, None)
+    width = max(len("dense"), *(len(m.name) for m in methods))  # the progress bars' labels
+    dense = demo.train(f"{'dense':>{width}}", config, data, None)
     rows = [{"method": "dense", "hparams": "", "sparsity": 0.0, "accuracy": dense.accuracy}]
     histories = {"dense": dense.history}
     for method in methods:
         hp = method_hparams(method, config)
-        run = demo.train(method.name[:6], config, data, hp, params_filter=method_filter(method))
+        run = demo.train(
+            f"{method.name:>{width}}", config, data, hp, params_filter=method_filter(method)
+        )
         zeros, size = _zeros(run.params)
         rows.append(
             {
@@ -107,10 +112,16 @@ def compare_methods(config: demo.DemoConfig, methods=METHODS) -> dict[str, Any]:
             shrunk = shrink_story(run.model, data)
     summary: dict[str, Any] = {
         "rows": rows,
+        "history": {
+            name: {k: h[k] for k in ("eval_step", "test_accuracy")} for name, h in histories.items()
+        },
+        "schedule": demo.default_schedule(config.steps),
         "steps": config.steps,
         "seed": config.seed,
         "target_sparsity": config.target_sparsity,
+        "test_digits": len(data[2]),
         "device": str(jax.devices()[0]),
+        "versions": {"jaxprune": jaxprune.__version__, "jax": jax.__version__},
     }
     if "shrunk" in locals():
         summary["shrink"] = shrunk
@@ -120,13 +131,12 @@ def compare_methods(config: demo.DemoConfig, methods=METHODS) -> dict[str, Any]:
         print()
         print(format_shrink(summary["shrink"]))
     if config.plots:
-        summary["plots"] = [_plot(config.out, histories, rows)]
+        summary["plots"] = [os.path.basename(write_plot(config.out, summary))]
     summary["wall_seconds"] = time.perf_counter() - start
     with open(os.path.join(config.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(
-        f"\nwrote compare.json to {os.path.abspath(config.out)} ({summary['wall_seconds']:.0f} s)"
-    )
+    written = ", ".join(["compare.json", *summary.get("plots", [])])
+    print(f"\nwrote {written} to {os.path.abspath(config.out)} ({summary['wall_seconds']:.0f} s)")
     return summary
 
 
@@ -135,8 +145,10 @@ def shrink_story(model: Any, data: tuple[np.ndarray, ...], repeats: int = 15) ->
 
     The trained model (every variable: params and BatchNorm statistics) is split with
     ``nnx.split`` and :func:`jaxprune.shrink` traces ``fn(variables, x)`` on the test images.
-    Returns the sizes, the per-array report, both models' test accuracy and the inference time
-    of both (the whole test set as one batch, jitted, interleaved, median of ``repeats``).
+    Returns the sizes, the per-array report, the test accuracy and the inference time (the
+    whole test set as one batch, jitted, interleaved, median of ``repeats``) of the model
+    before (``"pruned"``: channel-pruned, the pruned channels still in its arrays as zeros) and
+    after shrinking (``"shrunk"``).
 
     Args:
       model: the trained ``nnx`` CNN of a channel-pruned run.
@@ -155,26 +167,29 @@ def shrink_story(model: Any, data: tuple[np.ndarray, ...], repeats: int = 15) ->
         return nnx.merge(graphdef, variables)(x, train=False)
 
     small_variables, small_fn = jaxprune.shrink(fn, variables, x_test)
-    dense_fn, small_jit = jax.jit(fn), jax.jit(small_fn)
+    pruned_fn, small_jit = jax.jit(fn), jax.jit(small_fn)
     outputs = {
-        "dense": np.asarray(dense_fn(variables, x_test)),
+        "pruned": np.asarray(pruned_fn(variables, x_test)),
         "shrunk": np.asarray(small_jit(small_variables, x_test)),
     }
-    times: dict[str, list[float]] = {"dense": [], "shrunk": []}
+    times: dict[str, list[float]] = {"pruned": [], "shrunk": []}
     for _ in range(repeats):  # interleaved, so that load on the machine hits both alike
-        for name, f, v in (("dense", dense_fn, variables), ("shrunk", small_jit, small_variables)):
+        for name, f, v in (
+            ("pruned", pruned_fn, variables),
+            ("shrunk", small_jit, small_variables),
+        ):
             start = time.perf_counter()
             jax.block_until_ready(f(v, x_test))
             times[name].append(time.perf_counter() - start)
     sizes = {
-        "dense": _count(nnx.to_pure_dict(variables)),
+        "pruned": _count(nnx.to_pure_dict(variables)),
         "shrunk": _count(small_variables),
     }
     return {
         "parameters": {k: v[0] for k, v in sizes.items()},
         "bytes": {k: v[1] for k, v in sizes.items()},
         "accuracy": {k: float(np.mean(o.argmax(-1) == y_test)) for k, o in outputs.items()},
-        "max_abs_logit_difference": float(np.max(np.abs(outputs["dense"] - outputs["shrunk"]))),
+        "max_abs_logit_difference": float(np.max(np.abs(outputs["pruned"] - outputs["shrunk"]))),
         "milliseconds": {k: 1e3 * float(np.median(t)) for k, t in times.items()},
         "batch": int(x_test.shape[0]),
         "report": jaxprune.format_report(small_fn.report),
@@ -186,36 +201,57 @@ def _count(tree: Any) -> tuple[int, int]:
     return int(sum(x.size for x in leaves)), int(sum(x.nbytes for x in leaves))
 
 
+#: The two models of the shrink table: the channel-pruned CNN as trained, then shrunk.
+SHRINK_ROWS = {
+    "pruned": "channel-pruned (zeros kept)",
+    "shrunk": "shrunk (channels taken out)",
+}
+
+
 def format_shrink(story: dict[str, Any]) -> str:
     """The shrink part of the comparison: what was removed, sizes, speed and accuracy.
 
+    Both rows are the channel-pruned model: as trained (the pruned channels are zeros inside
+    full-size arrays) and after :func:`jaxprune.shrink` took them out; the dense baseline is
+    the comparison table's.
+
+    Args:
+      story: what :func:`shrink_story` returns.
+
+    Returns:
+      The table as text.
+
     Examples:
       >>> from jaxprune.demos.compare import format_shrink
-      >>> print(format_shrink({"report": "(report)", "parameters": {"dense": 100, "shrunk": 40},
-      ...     "bytes": {"dense": 400, "shrunk": 160}, "milliseconds": {"dense": 2.0, "shrunk": 1.0},
-      ...     "accuracy": {"dense": 0.9, "shrunk": 0.9}, "batch": 360,
+      >>> print(format_shrink({"report": "(report)", "parameters": {"pruned": 100, "shrunk": 40},
+      ...     "bytes": {"pruned": 400, "shrunk": 160}, "milliseconds": {"pruned": 2.0,
+      ...     "shrunk": 1.0}, "accuracy": {"pruned": 0.9, "shrunk": 0.9}, "batch": 360,
       ...     "max_abs_logit_difference": 1e-6}))
       channel-pruned CNN, pruned channels taken out with jaxprune.shrink:
       (report)
-      model      parameters      bytes   ms / batch of 360   test accuracy
-      dense             100        400               2.000          90.00 %
-      shrunk             40        160               1.000          90.00 %
-      shrunk / dense  0.400x                        0.500x   (max |logit difference| 1e-06)
+      model                        parameters      bytes   ms / batch of 360   test accuracy
+      channel-pruned (zeros kept)         100        400               2.000         90.00 %
+      shrunk (channels taken out)          40        160               1.000         90.00 %
+      shrunk / channel-pruned          0.400x                         0.500x
+      (max |logit difference| 1e-06)
     """
     p, b, t, a = (story[k] for k in ("parameters", "bytes", "milliseconds", "accuracy"))
+    width = max(len(label) for label in SHRINK_ROWS.values())
     lines = [
         "channel-pruned CNN, pruned channels taken out with jaxprune.shrink:",
         story["report"],
-        f"{'model':<10} {'parameters':>10} {'bytes':>10} "
+        f"{'model':<{width}} {'parameters':>10} {'bytes':>10} "
         f"{'ms / batch of ' + str(story['batch']):>19} {'test accuracy':>15}",
     ]
-    for k in ("dense", "shrunk"):
-        lines.append(f"{k:<10} {p[k]:>10,d} {b[k]:>10,d} {t[k]:>19.3f} {a[k] * 100:>13.2f} %")
+    for k, label in SHRINK_ROWS.items():
+        lines.append(
+            f"{label:<{width}} {p[k]:>10,d} {b[k]:>10,d} {t[k]:>19.3f} {a[k] * 100:>13.2f} %"
+        )
     lines.append(
-        f"{'shrunk / dense':<14} {p['shrunk'] / p['dense']:>6.3f}x {'':>10} "
-        f"{t['shrunk'] / t['dense']:>19.3f}x   "
-        f"(max |logit difference| {story['max_abs_logit_difference']:.0e})"
+        f"{'shrunk / channel-pruned':<{width}} {p['shrunk'] / p['pruned']:>9.3f}x {'':>10} "
+        f"{t['shrunk'] / t['pruned']:>18.3f}x"
     )
+    lines.append(f"(max |logit difference| {story['max_abs_logit_difference']:.0e})")
     return "\n".join(lines)
 
 
@@ -254,31 +290,160 @@ def format_compare(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(out: str, histories: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    import matplotlib
+def format_compare_markdown(summary: dict[str, Any]) -> str:
+    """The comparison table in Markdown, as the README shows it.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+      summary: what :func:`compare_methods` returns (``rows``).
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, history in histories.items():
-        ax1.plot(history["eval_step"], history["test_accuracy"], label=name)
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("test accuracy")
-    ax1.set_title("Pruning methods on the digits CNN: test accuracy while training")
-    ax1.legend()
-    names = [r["method"] for r in rows]
-    ax2.barh(names, [r["accuracy"] for r in rows], color="tab:blue")
-    for i, r in enumerate(rows):
-        ax2.text(
-            r["accuracy"], i, f" {r['accuracy']:.1%} @ {r['sparsity']:.0%} sparse", va="center"
+    Returns:
+      The table: method, sparsity over all kernels, test accuracy, and the difference to dense.
+
+    Examples:
+      >>> from jaxprune.demos.compare import format_compare_markdown
+      >>> print(format_compare_markdown({"rows": [
+      ...     {"method": "dense", "sparsity": 0.0, "accuracy": 0.98},
+      ...     {"method": "global", "sparsity": 0.8, "accuracy": 0.97}]}))
+      | method | sparsity over all kernels | test accuracy | vs dense |
+      |---|---|---|---|
+      | dense | 0.0 % | 98.00 % | |
+      | global | 80.0 % | 97.00 % | -1.00 % |
+    """
+    dense = summary["rows"][0]["accuracy"]
+    lines = [
+        "| method | sparsity over all kernels | test accuracy | vs dense |",
+        "|---|---|---|---|",
+    ]
+    for row in summary["rows"]:
+        diff = "" if row["method"] == "dense" else f"{(row['accuracy'] - dense) * 100:+.2f} %"
+        lines.append(
+            f"| {row['method']} | {row['sparsity'] * 100:.1f} % | {row['accuracy'] * 100:.2f} % "
+            f"| {diff} |".replace("|  |", "| |")
         )
-    ax2.set_xlim(0, 1.25)
-    ax2.invert_yaxis()
-    ax2.set_xlabel("final test accuracy (label: accuracy @ sparsity over all kernels)")
-    ax2.set_title("Final accuracy and sparsity per method")
-    fig.tight_layout()
+    return "\n".join(lines)
+
+
+def write_plot(out: str, summary: dict[str, Any]) -> str:
+    """Writes ``compare.png``: accuracy while training, final accuracy, what shrinking bought.
+
+    Left, the test accuracy of every run during training, the sparsity ramp shaded. Middle,
+    each method's final test accuracy on an axis zoomed to the runs' range (one test digit is
+    ``1 / test_digits``), dense as a dashed line. Right (when a channel-pruned run was shrunk),
+    the shrunk model's parameters, bytes and inference time relative to the channel-pruned one.
+
+    Args:
+      out: the output directory.
+      summary: what :func:`compare_methods` collected (``rows``, ``history``, ``schedule``,
+        ``test_digits`` and ``shrink``, if any).
+
+    Returns:
+      The path written.
+    """
+    from matplotlib.figure import Figure
+
+    rows, story = summary["rows"], summary.get("shrink")
+    fig = Figure(figsize=(16 if story else 11.5, 5), layout="constrained")
+    axes = fig.subplots(1, 3 if story else 2, width_ratios=[1.25, 1, 0.9] if story else [1.25, 1])
+    fig.suptitle(
+        f"Pruning methods on the digits CNN: {summary['steps']} steps each, target sparsity "
+        f"{summary['target_sparsity']:.0%}, seed {summary['seed']}",
+        fontsize=11,
+    )
+
+    # 1. Test accuracy while training.
+    ax = axes[0]
+    lowest = 100.0
+    for i, row in enumerate(rows):
+        history = summary["history"][row["method"]]
+        dense = row["method"] == "dense"
+        ax.plot(
+            history["eval_step"],
+            np.asarray(history["test_accuracy"]) * 100,
+            "o-" if dense else ".-",
+            color="k" if dense else f"C{i - 1}",
+            lw=2.2 if dense else 1.3,
+            ms=3,
+            label=row["method"],
+            zorder=3 if dense else 2,
+        )
+        lowest = min(lowest, *(a * 100 for a in history["test_accuracy"]))
+    schedule = summary["schedule"]
+    ax.axvspan(
+        schedule["sparsity_function_begin_step"],
+        schedule["sparsity_function_end_step"],
+        color="gray",
+        alpha=0.12,
+        label="sparsity ramp",
+    )
+    ax.set(
+        xlabel="training step",
+        ylabel="test accuracy (%)",
+        title="Test accuracy while training",
+        ylim=(max(0.0, lowest - 1.0), 100.3),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8, frameon=False)
+
+    # 2. Final accuracy per method, zoomed to the runs' range.
+    ax = axes[1]
+    digit = 100.0 / summary.get("test_digits", 360)
+    acc = np.asarray([r["accuracy"] for r in rows]) * 100
+    y = np.arange(len(rows))
+    ax.axvline(acc[0], color="k", ls="--", lw=1)
+    ax.hlines(y, acc.min() - 10, acc, color="lightgray", lw=1, zorder=1)
+    ax.scatter(acc, y, color=["k", *(f"C{i}" for i in range(len(rows) - 1))], s=45, zorder=3)
+    labels = [
+        f"{r['method']}\n{a:.2f} % at {r['sparsity']:.1%} sparse"
+        for r, a in zip(rows, acc, strict=True)
+    ]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(acc.min() - 2 * digit, acc.max() + 2 * digit)
+    ax.set(
+        xlabel=f"final test accuracy (%); dashed: dense; one test digit = {digit:.2f} %",
+        title="Final test accuracy",
+    )
+    ax.grid(axis="x", alpha=0.3)
+
+    # 3. What shrinking the channel-pruned model bought.
+    if story:
+        ax = axes[2]
+        p, b, t = (story[k] for k in ("parameters", "bytes", "milliseconds"))
+        bars = [
+            ("parameters", p["shrunk"] / p["pruned"], f"{p['pruned']:,} -> {p['shrunk']:,}"),
+            ("bytes", b["shrunk"] / b["pruned"], f"{b['pruned']:,} -> {b['shrunk']:,}"),
+            (
+                f"inference time\n(batch of {story['batch']})",
+                t["shrunk"] / t["pruned"],
+                f"{t['pruned']:.2f} -> {t['shrunk']:.2f} ms",
+            ),
+        ]
+        y = np.arange(len(bars))
+        ratios = [r for _, r, _ in bars]
+        ax.barh(y, ratios, color=["C4", "C4", "C2"], height=0.55)
+        for yi, (_, ratio, text) in enumerate(bars):
+            ax.annotate(
+                f"{ratio:.3f}x  ({text})",
+                (ratio, yi),
+                xytext=(5, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
+        ax.axvline(1.0, color="k", ls="--", lw=1)
+        ax.set_yticks(y, [name for name, _, _ in bars], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(2.3, 2.0 * max(ratios)))
+        a = story["accuracy"]
+        ax.set(
+            xlabel="shrunk / channel-pruned (1 = no change)",
+            title=(
+                "jaxprune.shrink on the channel-pruned model\n"
+                f"test accuracy {a['pruned']:.2%} before and {a['shrunk']:.2%} after"
+            ),
+        )
+        ax.title.set_fontsize(10)
+        ax.grid(axis="x", alpha=0.3)
     path = os.path.join(out, "compare.png")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

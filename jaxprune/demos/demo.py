@@ -555,7 +555,7 @@ def write_plots(
     steps = np.arange(1, len(hist["loss"]) + 1)
 
     # 1. Scheduled vs achieved sparsity.
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.add_subplot()
     hp = summary["hparams"]
     method = method_label(hp)
@@ -578,38 +578,90 @@ def write_plots(
             / total
         )
         label = "scheduled s(t), size-weighted over the layers' targets"
-    ax.plot(steps, scheduled, label=label, color="C0", lw=2)
-    ax.step(
-        steps, hist["achieved_sparsity"], where="post", label="achieved (all prunable)", color="C3"
-    )
+    achieved = np.asarray(hist["achieved_sparsity"])
     updates = np.asarray(hist["last_mask_update_step"])
     update_steps = steps[(updates == steps) & (steps > 0)]
-    achieved = np.asarray(hist["achieved_sparsity"])
+    begin, end = hp["sparsity_function_begin_step"], hp["sparsity_function_end_step"]
+
+    def draw(ax, band):
+        # The schedule as a wide pale band under the achieved steps, so that both show.
+        ax.plot(steps, scheduled, color="C0", lw=band, alpha=0.35, solid_capstyle="butt")
+        ax.step(steps, achieved, where="post", color="C3", lw=1.2)
+
+    draw(ax, 6)
+    ax.plot([], [], color="C0", lw=6, alpha=0.35, label=label)  # legend entries
+    ax.plot([], [], color="C3", lw=1.2, label="achieved (all prunable weights)")
+    # Mask updates as a rug along the bottom: one tick per update.
     ax.plot(
         update_steps,
-        achieved[update_steps - 1],
+        np.full(len(update_steps), 0.0),
         "|",
         color="k",
-        ms=8,
-        label=f"mask updates ({len(update_steps)})",
+        ms=7,
+        transform=ax.get_xaxis_transform(),
+        clip_on=False,
+        label=f"mask updates ({len(update_steps)}, every {hp['pruning_frequency']} steps)",
     )
     ax.axhline(target, color="gray", ls=":", lw=1)
-    for key, ls in (("sparsity_function_begin_step", "--"), ("sparsity_function_end_step", "--")):
-        ax.axvline(hp[key], color="gray", ls=ls, lw=1)
+    ax.annotate(
+        f"target {target:.1%}",
+        (steps[-1], target),
+        xytext=(-4, 4),
+        textcoords="offset points",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="dimgray",
+    )
+    # Labels beside the ramp's ends: left of the start (where the curve is still 0), right of
+    # the end (below the target, above the zoom).
+    left = begin > 0.05 * steps[-1]  # room left of the start line
+    for step, text, dx, ha in (
+        (begin, "ramp begins", -3 if left else 3, "right" if left else "left"),
+        (end, "ramp ends", 3, "left"),
+    ):
+        if step > steps[-1]:  # a short run: the ramp ends after it
+            continue
+        ax.axvline(step, color="gray", ls="--", lw=1)
+        ax.annotate(
+            f"{text} (step {step})",
+            (step, 0.7),
+            xytext=(dx, 0),
+            textcoords="offset points",
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            ha=ha,
+            va="center",
+            fontsize=8,
+            color="dimgray",
+        )
     ax.set(
         xlabel="training step",
         ylabel="sparsity of the prunable weights",
         title=(
             f"Gradual {method}\nto {target:.1%} overall: cubic schedule from step "
-            f"{hp['sparsity_function_begin_step']} to {hp['sparsity_function_end_step']}, "
-            f"every {hp['pruning_frequency']} steps"
+            f"{begin} to {end}, every {hp['pruning_frequency']} steps"
         ),
         ylim=(-0.02, 1.0),
         xlim=(0, steps[-1]),
     )
     ax.title.set_fontsize(10)
-    ax.legend(loc="lower right")
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
+    # A zoom on the first mask updates of the ramp: the achieved sparsity steps up to s(t) at
+    # each update and stays there until the next.
+    if len(update_steps) >= 2:
+        lo = max(0, begin - hp["pruning_frequency"])
+        hi = min(steps[-1], begin + 5 * hp["pruning_frequency"])
+        inset = ax.inset_axes((0.7, 0.1, 0.28, 0.42))
+        draw(inset, 8)
+        shown = (steps >= lo) & (steps <= hi)
+        top = max(float(np.max(scheduled[shown])), float(np.max(achieved[shown])))
+        inset.set(xlim=(lo, hi), ylim=(-0.05 * top - 1e-3, 1.1 * top + 1e-3))
+        inset.tick_params(labelsize=7)
+        inset.set_title(f"steps {lo} to {hi}", fontsize=8)
+        inset.grid(alpha=0.3)
+        ax.indicate_inset_zoom(inset, edgecolor="gray")
     paths.append(os.path.join(out, "sparsity.png"))
     fig.savefig(paths[-1], dpi=110)
 

@@ -254,7 +254,16 @@ def run_wanda_demo(config: WandaDemoConfig) -> dict[str, Any]:
             f"{info['train_seconds']:.0f} s (final training loss {info['train_losses'][-1]:.3f})"
         )
     heldout = lm.windows(corpus.heldout, mc.seq_len, config.eval_windows)
+    # What follows takes about as long as training on a CPU: one bar over all of it.
+    evaluations = 1 + len(METHODS) * (1 + mc.n_layers)
+    print(
+        f"calibrating on {config.calibration_batches} batches, then pruning with "
+        f"{len(METHODS)} methods (all blocks, then each of the {mc.n_layers} blocks alone): "
+        f"{evaluations} evaluations of {len(heldout)} held-out windows"
+    )
+    progress = _Progress(1 + evaluations, config.progress)
     dense = lm.mean_nll(apply, params, heldout)
+    progress.step("dense")
 
     t0 = time.perf_counter()
     calibration = calibration_data(config, corpus)
@@ -262,9 +271,10 @@ def run_wanda_demo(config: WandaDemoConfig) -> dict[str, Any]:
     scores = jaxprune.wanda_scores(params, norms)
     jax.block_until_ready(scores)
     norm_seconds = time.perf_counter() - t0
+    progress.step("calibrated")
 
     overall: dict[str, dict[str, float]] = {}
-    for method in METHODS:
+    for method, label in zip(METHODS, BLOCK_LABELS, strict=True):
         pruned = prune_method(params, method, scores, lm.is_block_linear)
         nll = lm.mean_nll(apply, pruned, heldout)
         overall[method.key] = {
@@ -272,13 +282,16 @@ def run_wanda_demo(config: WandaDemoConfig) -> dict[str, Any]:
             "perplexity": lm.perplexity(nll),
             "sparsity": pruned_fraction(pruned, lm.is_block_linear),
         }
+        progress.step(f"all blocks, {label}")
     per_block = []
     for block in range(mc.n_layers):
         row: dict[str, Any] = {"block": block}
-        for method in METHODS:
+        for method, label in zip(METHODS, BLOCK_LABELS, strict=True):
             pruned = prune_method(params, method, scores, block_filter(block))
             row[method.key] = lm.mean_nll(apply, pruned, heldout)
+            progress.step(f"block {block}, {label}")
         per_block.append(row)
+    progress.close()
 
     names = [
         jaxprune.path_name(p)
@@ -329,6 +342,28 @@ def run_wanda_demo(config: WandaDemoConfig) -> dict[str, Any]:
     return summary
 
 
+class _Progress:
+    """A tqdm bar over the pruning and evaluation steps, its label the step just done."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            desc="prune + evaluate",
+            disable=not enabled,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+
+    def step(self, done: str) -> None:
+        self.bar.set_postfix_str(done, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -351,12 +386,12 @@ def format_table(summary: dict[str, Any]) -> str:
         f"Held-out perplexity (per byte) after one-shot pruning of the {n} linear layers of the "
         "blocks (no weight update):",
         "",
-        "| method | scope | 50% unstructured | 2:4 |",
+        "| method | comparison group | 50 % unstructured | 2:4 |",
         "|---|---|---|---|",
         f"| dense | | {dense['perplexity']:.3f} | |",
         f"| magnitude | layer | {cell('magnitude_layer')} | {cell('magnitude_2:4')} |",
-        f"| magnitude | output | {cell('magnitude_output')} | {cell('magnitude_2:4')} |",
-        f"| Wanda | output | {cell('wanda')} | {cell('wanda_2:4')} |",
+        f"| magnitude | output unit | {cell('magnitude_output')} | {cell('magnitude_2:4')} |",
+        f"| Wanda | output unit | {cell('wanda')} | {cell('wanda_2:4')} |",
         f"| Wanda | layer | {cell('wanda_layer')} | {cell('wanda_2:4')} |",
         "",
         "(2:4: every group of 4 inputs lies inside one output unit, so the scope does not matter.)",
@@ -373,8 +408,23 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The plot's colours per method key: magnitude in blues, Wanda in reds (2:4 darker).
+PLOT_COLORS = {
+    "magnitude_layer": "#1f77b4",
+    "magnitude_output": "#6baed6",
+    "wanda": "#d62728",
+    "wanda_layer": "#f4a582",
+    "magnitude_2:4": "#08306b",
+    "wanda_2:4": "#67000d",
+}
+
+
 def write_plot(out: str, summary: dict[str, Any]) -> str:
-    """Writes ``wanda.png``: perplexity per method, and loss increase per block.
+    """Writes ``wanda.png``: what each method costs over dense, all blocks and block by block.
+
+    Left, the held-out perplexity increase over dense with all blocks pruned (bars from 0, each
+    labelled with its perplexity), 50 % unstructured and 2:4. Right, one panel per block, each
+    on its own scale: the loss increase with only that block pruned.
 
     Args:
       out: the output directory.
@@ -386,61 +436,61 @@ def write_plot(out: str, summary: dict[str, Any]) -> str:
     from matplotlib.figure import Figure
 
     o, dense = summary["overall"], summary["dense"]
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    ax, ax_blocks = fig.subplots(1, 2)
+    blocks = summary["per_block"]
+    fig = Figure(figsize=(5.5 + 3.2 * len(blocks), 4.8), layout="constrained")
+    axes = fig.subplots(1, 1 + len(blocks), width_ratios=[1.7] + [1] * len(blocks))
+    fig.suptitle(
+        f"One-shot pruning of the demo LM's {len(summary['pruned_weights'])} block linear "
+        f"layers, no weight update (dense: perplexity {dense['perplexity']:.3f}, "
+        f"loss {dense['nll']:.4f} nats/byte)",
+        fontsize=10,
+    )
+    labels = dict(zip((m.key for m in METHODS), BLOCK_LABELS, strict=True))
+
+    ax = axes[0]
     groups = {
-        "50% unstructured": ("magnitude_layer", "magnitude_output", "wanda", "wanda_layer"),
-        "2:4": ("magnitude_2:4", None, "wanda_2:4", None),
+        "50 % unstructured": ("magnitude_layer", "magnitude_output", "wanda", "wanda_layer"),
+        "2:4": ("magnitude_2:4", "wanda_2:4"),
     }
-    labels = ("magnitude (layer)", "magnitude (output)", "Wanda (output)", "Wanda (layer)")
-    colors = ("C0", "C9", "C3", "C6")
     width = 0.2
     for g, keys in enumerate(groups.values()):
         for i, key in enumerate(keys):
-            if key is None:
-                continue
             value = o[key]["perplexity"]
             bar = ax.bar(
-                g + (i - 1.5) * width,
-                value,
+                g + (i - (len(keys) - 1) / 2) * width,
+                value - dense["perplexity"],
                 width,
-                color=colors[i],
-                label=labels[i] if g == 0 else None,
+                color=PLOT_COLORS[key],
+                label=labels[key],
             )
             ax.bar_label(bar, [f"{value:.2f}"], fontsize=8)
-    ax.axhline(
-        dense["perplexity"], color="k", ls="--", lw=1, label=f"dense {dense['perplexity']:.2f}"
-    )
     ax.set_xticks(range(len(groups)), list(groups))
-    top = max(r["perplexity"] for r in o.values())
+    top = max(r["perplexity"] for r in o.values()) - dense["perplexity"]
     ax.set(
-        ylabel="held-out perplexity per byte",
-        title="All blocks pruned one-shot",
-        ylim=(0, top * 1.35),
+        ylabel="held-out perplexity increase over dense",
+        title="All blocks pruned (labels: perplexity)",
+        ylim=(0, top * 1.15),
     )
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
 
-    blocks = summary["per_block"]
     method_keys = [m.key for m in METHODS]
-    block_colors = ("C0", "C9", "C3", "C6", "C1", "C5")
-    x = np.arange(len(blocks))
-    w = 0.14
-    for i, key in enumerate(method_keys):
-        ax_blocks.bar(
-            x + (i - 2.5) * w,
-            [row[key] - dense["nll"] for row in blocks],
-            w,
-            color=block_colors[i],
-            label=BLOCK_LABELS[i],
+    for ax, row in zip(axes[1:], blocks, strict=True):
+        increases = [row[key] - dense["nll"] for key in method_keys]
+        bars = ax.bar(
+            range(len(method_keys)), increases, color=[PLOT_COLORS[k] for k in method_keys]
         )
-    ax_blocks.set_xticks(x, [f"block {row['block']}" for row in blocks])
-    ax_blocks.set(
-        ylabel="held-out loss increase (nats/byte)",
-        title="One block pruned at a time (50% / 2:4)",
-    )
-    ax_blocks.legend(fontsize=8)
-    ax_blocks.grid(axis="y", alpha=0.3)
+        ax.bar_label(bars, [f"{v:.3f}" for v in increases], fontsize=7)
+        ax.set_xticks(
+            range(len(method_keys)), [labels[k] for k in method_keys], rotation=45, ha="right"
+        )
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set(
+            ylabel="held-out loss increase (nats/byte)",
+            title=f"Only block {row['block']} pruned",
+            ylim=(0, max(increases) * 1.15),
+        )
+        ax.grid(axis="y", alpha=0.3)
     path = os.path.join(out, "wanda.png")
     fig.savefig(path, dpi=110)
     return path
@@ -449,6 +499,7 @@ def write_plot(out: str, summary: dict[str, Any]) -> str:
 __all__: Sequence[str] = (
     "BLOCK_LABELS",
     "METHODS",
+    "PLOT_COLORS",
     "Method",
     "WandaDemoConfig",
     "block_filter",
