@@ -120,20 +120,25 @@ def test_fold_hand_worked():
     assert small_fn.report.arrays["w0"] == {"axis": 1, "kept": 1, "removed": 1}
 
 
-def test_constant_without_bias_is_added_back_or_kept():
-    # No bias after the second matmul: the constant 2 * 3 = 6 is added by small_fn ...
+def test_constant_without_bias_is_kept_or_added_back():
+    # No bias after the second matmul: by default the constant channel is kept (the small
+    # params are standalone) and reported ...
     params = {"w0": jnp.array([[1.0, 0.0]]), "b0": jnp.array([0.5, 2.0])}
     params["w1"] = jnp.array([[1.0], [3.0]])
     x = jnp.array([[2.0]])
     small, small_fn = jaxprune.shrink(_mlp_fn, params, x)
-    assert small["w1"].shape == (1, 1)
-    assert small_fn(small, x).tolist() == [[2.5 + 6.0]]
-    assert small_fn.report.folded[0]["bias"] is None
-    # ... or, with constants=False, the channel is kept and reported.
-    small, small_fn = jaxprune.shrink(_mlp_fn, params, x, constants=False)
     assert small["w1"].shape == (2, 1)
     (kept,) = small_fn.report.kept
     assert kept["channels"] == [1] and "no bias" in kept["reason"]
+    assert small_fn.corrections == {}
+    # ... with constants=True, small_fn adds 2 * 3 = 6 after the matmul, at any batch size.
+    small, small_fn = jaxprune.shrink(_mlp_fn, params, x, constants=True)
+    assert small["w1"].shape == (1, 1)
+    assert small_fn(small, x).tolist() == [[2.5 + 6.0]]
+    assert small_fn(small, jnp.array([[2.0], [0.0], [-4.0]])).tolist() == [[8.5], [6.5], [6.0]]
+    assert small_fn.report.folded[0]["bias"] is None
+    (c,) = small_fn.corrections.values()
+    assert np.asarray(c).tolist() == [[6.0]]
 
 
 @settings(max_examples=10)
@@ -252,10 +257,19 @@ def test_linen_cnn(padding):
         masks,
         is_leaf=lambda t: t is None,
     )
-    # check=False: the test compares the outputs itself (saves two compilations).
-    small, small_fn = jaxprune.shrink(model.apply, variables, x, masks=masks, check=False)
-    want = jax.jit(model.apply)(masked, x)
-    np.testing.assert_allclose(jax.jit(small_fn)(small, x), want, rtol=1e-4, atol=1e-4)
+    # check=False: the test compares the outputs itself (saves two compilations). With SAME
+    # padding, the constant BN outputs of pruned Conv_0 filters can only be added back by
+    # small_fn (constants=True): their contribution through the padded Conv_1 varies at the
+    # borders, so no bias can hold it.
+    same = padding == "SAME"
+    small, small_fn = jaxprune.shrink(
+        model.apply, variables, x, masks=masks, check=False, constants=same
+    )
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(small_fn(small, x), apply(masked, x), rtol=1e-4, atol=1e-4)
+    x3 = jnp.asarray(rng.normal(size=(3, 8, 8, 3)).astype(np.float32))  # another batch size
+    np.testing.assert_allclose(small_fn(small, x3), apply(masked, x3), rtol=1e-4, atol=1e-4)
+    assert bool(small_fn.corrections) == same
     # Conv_0's output channel j goes iff its filter is zero (its constant BN output is added
     # back) or Conv_1's input slice j is zero; likewise Conv_1's outputs (the Dense rows).
     k0 = np.asarray(masks["params"]["Conv_0"]["kernel"]).any(axis=(0, 1, 2))
@@ -306,10 +320,10 @@ def test_nnx_cnn_split_and_shrink_nnx():
     def fn(s, x):
         return nnx.merge(graphdef, s)(x)
 
-    small, small_fn = jaxprune.shrink(fn, state, x, masks=masks)
+    small, small_fn = jaxprune.shrink(fn, state, x, masks=masks, check=False)
     masked_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(pruned))
     expected = jax.jit(fn)(masked_state, x)
-    np.testing.assert_allclose(jax.jit(small_fn)(small, x), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(small_fn(small, x), expected, rtol=1e-4, atol=1e-4)
     # And as a module.
     small_model, report = jaxprune.shrink_nnx(model, x, masks=masks)
     k1 = np.asarray(masks["c1"]["kernel"]).any(axis=(0, 1, 2))
@@ -400,7 +414,7 @@ def test_transformer_block_heads_and_mlp():
     )
     want = _attention_reference(masked["params"], x)
     np.testing.assert_allclose(jax.jit(model.apply)(masked, x), want, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(jax.jit(small_fn)(small, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(small_fn(small, x), want, rtol=1e-4, atol=1e-4)
     sa = small["params"]["MultiHeadDotProductAttention_0"]
     assert sa["value"]["kernel"].shape == (8, 3, 4)
     assert sa["query"]["kernel"].shape == (8, 3, 3)
@@ -488,8 +502,8 @@ def test_errors():
     with pytest.raises(ValueError, match="masks must have the structure"):
         jaxprune.shrink(_mlp_fn, params, jnp.ones((2, 3)), masks={"w0": None})
     small, small_fn = jaxprune.shrink(_mlp_fn, params, jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="traced with"):
-        small_fn(small, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match="could not be traced with these inputs"):
+        small_fn(small, jnp.ones((5, 4)))
     with pytest.raises(ValueError, match="w0"):
         small_fn(params | {"w0": jnp.ones((3, 5))}, jnp.ones((2, 3)))
 
@@ -504,3 +518,52 @@ def test_format_report_table():
         "w1        0     2        2",
     ]
     assert "parameters: 12 -> 6 (0.500x)" in text
+
+
+def test_gather_dynamic_slice_and_split_are_remapped():
+    # An embedding table's feature axis passes through the gather (jnp.take), a dynamic
+    # slice of the sequence and an equal split of the batch: its columns pruned by the next
+    # kernel's zero rows are removed from the table too.
+    rng = np.random.default_rng(7)
+    params = {"emb": jnp.asarray(rng.normal(size=(11, 6)).astype(np.float32))}
+    w = rng.normal(size=(6, 2)).astype(np.float32)
+    w[[1, 4]] = 0.0
+    params["w"] = jnp.asarray(w)
+
+    def fn(p, tokens, start):
+        h = jnp.take(p["emb"], tokens, axis=0)  # (B, T, D)
+        h = jax.lax.dynamic_slice_in_dim(h, start, 2, axis=1)  # (B, 2, D)
+        a, b = jnp.split(h, 2, axis=0)
+        return jnp.concatenate([a, b * 2.0], axis=0) @ p["w"]
+
+    tokens = jnp.asarray(rng.integers(0, 11, size=(2, 5)), jnp.int32)
+    small, small_fn = jaxprune.shrink(fn, params, tokens, jnp.int32(1))
+    assert small["emb"].shape == (11, 4) and small["w"].shape == (4, 2)
+    np.testing.assert_array_equal(small["emb"], np.asarray(params["emb"])[:, [0, 2, 3, 5]])
+    t4 = jnp.asarray(rng.integers(0, 11, size=(4, 7)), jnp.int32)
+    emb, want_w = np.asarray(params["emb"], np.float64), w.astype(np.float64)
+    h = emb[np.asarray(t4)][:, 3:5]
+    want = np.concatenate([h[:2], 2 * h[2:]]) @ want_w
+    np.testing.assert_allclose(small_fn(small, t4, jnp.int32(3)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_coupled_differently_at_other_shapes_raises():
+    # At batch 1 this model normalises over the hidden units, which couples them: the hidden
+    # units removed at batch 2 cannot be removed there, so small_fn refuses (never another
+    # model).
+    w1 = np.ones((3, 4), np.float32)
+    w1[:, 1] = 0.0
+    params = {"w1": jnp.asarray(w1), "w2": jnp.ones((4, 2))}
+
+    def fn(p, x):
+        h = jax.nn.relu(x @ p["w1"])
+        if x.shape[0] == 1:
+            h = h / (1.0 + jnp.sum(h, axis=-1, keepdims=True))
+        return h @ p["w2"]
+
+    small, small_fn = jaxprune.shrink(fn, params, jnp.ones((2, 3)))
+    assert small["w1"].shape == (3, 3)
+    # 3 kept units of 2 * 3 = 6 each, summed by w2.
+    np.testing.assert_allclose(small_fn(small, 2 * jnp.ones((5, 3))), 18 * jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"cannot run at input shapes \[\(1, 3\)\].*reduced by"):
+        small_fn(small, jnp.ones((1, 3)))

@@ -38,7 +38,13 @@ References:
   Models" (Wanda), 2023, https://arxiv.org/abs/2306.11695
 """
 
-from jaxprune._src.jaxpr.evaluate import Hook, bind_equation, interpret, leaf_layout_stats
+from jaxprune._src.jaxpr.evaluate import (
+    Evaluator,
+    Hook,
+    bind_equation,
+    interpret,
+    leaf_layout_stats,
+)
 from jaxprune._src.jaxpr.uses import DATA, ModelGraph, ParamUse, UnresolvedUse, trace
 from jaxprune._src.jaxpr.views import LAYOUT_PRIMITIVES, Block, WeightView, reshape_groups
 from jaxprune._src.jaxpr.walk import (
@@ -64,6 +70,7 @@ __all__ = [
     "MATMUL_PRIMITIVES",
     "Block",
     "EqnContext",
+    "Evaluator",
     "Hook",
     "ModelGraph",
     "ParamUse",

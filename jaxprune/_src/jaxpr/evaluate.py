@@ -40,39 +40,53 @@ def bind_equation(eqn, ins, params=None):
     return list(ans) if eqn.primitive.multiple_results else [ans]
 
 
-def _bind(eqn, ins):
-    return bind_equation(eqn, ins)
-
-
 def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-class _Interpreter:
-    def __init__(self, graph: ModelGraph, hook: Hook):
-        self.hook = hook
-        self.uses_at: dict[Path, list[ParamUse]] = {}
-        self.prefixes: set[Path] = set()
-        self.specs: dict[tuple[Path, int], Any] = {}
-        for u in graph.uses:
-            self.uses_at.setdefault(u.path, []).append(u)
-            self.prefixes.update(u.path[:k] for k in range(1, len(u.path)))
-            act = jax.ShapeDtypeStruct(u.activation_shape, u.activation_dtype)
-            w = jax.ShapeDtypeStruct(u.weight_shape, u.weight_dtype)
-            self.specs[u.key] = jax.eval_shape(lambda a, w, u=u: hook(u, a, w), act, w)
-        self.uses = graph.uses
+class Evaluator:
+    """Evaluates a closed jaxpr equation by equation, threading per-key statistics.
 
-    def under(self, prefix: Path) -> list[ParamUse]:
-        return [u for u in self.uses if u.path[: len(prefix)] == prefix]
+    One evaluation loop for every consumer (the use interpreter of :func:`interpret`, the
+    shrunk function of ``shrink``): calls are inlined (forward semantics; custom derivative
+    rules and remat policies are not kept), ``scan`` / ``cond`` / ``while`` are re-expressed
+    with ``lax.scan`` / ``lax.switch`` / ``lax.while_loop`` whose bodies are evaluated by this
+    evaluator again, and every other equation goes to :meth:`primitive`. Statistics are a
+    dict per key: summed over loop iterations, zeros for a branch not taken, and stacked over
+    the scans that :meth:`stacked` names.
 
-    def zeros(self, use: ParamUse, scope: Path) -> Any:
-        """Zero stats of ``use`` as seen from the jaxpr at ``scope`` (inner scans stacked)."""
-        lead = tuple(n for p, _, n in use.view.scans if p[: len(scope)] == scope)
-        return jax.tree.map(
-            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), self.specs[use.key]
-        )
+    Subclasses override :meth:`primitive` (bind the equation, maybe with other params, and
+    return statistics) and, when they keep statistics, :meth:`keys_under`, :meth:`zeros` and
+    :meth:`stacked`; :meth:`enters` says which structured equations to evaluate piece by piece
+    (the others are bound whole).
+    """
 
-    def eval(self, closed: ClosedJaxpr, args: Sequence[Any], prefix: Path):
+    def primitive(self, eqn: Any, path: Path, ins: list[Any]) -> tuple[list[Any], dict]:
+        """Outputs of a non-structured equation and the statistics it yields."""
+        del path
+        return bind_equation(eqn, ins), {}
+
+    def enters(self, path: Path) -> bool:
+        """Whether the call / control-flow equation at ``path`` is evaluated piece by piece."""
+        del path
+        return True
+
+    def keys_under(self, prefix: Path) -> list[Any]:
+        """The statistics keys produced by equations under ``prefix``."""
+        del prefix
+        return []
+
+    def zeros(self, key: Any, scope: Path) -> Any:
+        """Zero statistics of ``key`` as seen from the jaxpr at ``scope``."""
+        raise NotImplementedError
+
+    def stacked(self, key: Any, scan_path: Path) -> bool:
+        """Whether the scan at ``scan_path`` stacks (rather than sums) ``key``'s statistics."""
+        del key, scan_path
+        return False
+
+    def eval(self, closed: ClosedJaxpr, args: Sequence[Any], prefix: Path = ()):
+        """``(outputs, statistics)`` of ``closed`` on ``args`` (equations at ``prefix + (i,)``)."""
         jaxpr = closed.jaxpr
         env: dict[Any, Any] = {}
         for v, c in zip(jaxpr.constvars, closed.consts, strict=True):
@@ -83,17 +97,20 @@ class _Interpreter:
         def read(atom):
             return atom.val if isinstance(atom, Literal) else env[atom]
 
-        acc: dict[tuple[Path, int], Any] = {}
+        acc: dict[Any, Any] = {}
         for i, eqn in enumerate(jaxpr.eqns):
             path = (*prefix, i)
             ins = [read(a) for a in eqn.invars]
-            if path in self.prefixes:
+            structured = call_body(eqn) is not None or eqn.primitive.name in (
+                "scan",
+                "cond",
+                "while",
+            )
+            if structured and self.enters(path):
                 outs, sub = self.structured(eqn, path, ins)
-                acc.update(sub)
             else:
-                outs = _bind(eqn, ins)
-                for u in self.uses_at.get(path, ()):
-                    acc[u.key] = self.hook(u, ins[u.activation_operand], ins[u.weight_operand])
+                outs, sub = self.primitive(eqn, path, ins)
+            acc.update(sub)
             for v, x in zip(eqn.outvars, outs, strict=True):
                 env[v] = x
         return [read(a) for a in jaxpr.outvars], acc
@@ -107,9 +124,9 @@ class _Interpreter:
             nc, nk = p["num_consts"], p["num_carry"]
             consts, init, xs = ins[:nc], ins[nc : nc + nk], ins[nc + nk :]
             scope = (*path, 0)
-            uses = self.under(scope)
-            stacked = {u.key for u in uses if any(s[0] == path for s in u.view.scans)}
-            summed0 = {u.key: self.zeros(u, scope) for u in uses if u.key not in stacked}
+            keys = self.keys_under(scope)
+            stacked = {k for k in keys if self.stacked(k, path)}
+            summed0 = {k: self.zeros(k, scope) for k in keys if k not in stacked}
 
             def step(carry, x):
                 c, s = carry
@@ -127,16 +144,13 @@ class _Interpreter:
             )
             return [*c, *ys], {**s, **st}
         if name == "cond":
-            uses = self.under(path)
+            keys = self.keys_under(path)
             branches = p["branches"]
 
             def make(b):
                 def branch(*ops):
                     outs, acc = self.eval(branches[b], list(ops), (*path, b))
-                    full = {
-                        u.key: acc[u.key] if u.key in acc else self.zeros(u, path) for u in uses
-                    }
-                    return outs, full
+                    return outs, {k: acc[k] if k in acc else self.zeros(k, path) for k in keys}
 
                 return branch
 
@@ -146,7 +160,7 @@ class _Interpreter:
             cn, bn = p["cond_nconsts"], p["body_nconsts"]
             cconsts, bconsts, init = ins[:cn], ins[cn : cn + bn], ins[cn + bn :]
             scope = (*path, 1)
-            s0 = {u.key: self.zeros(u, scope) for u in self.under(scope)}
+            s0 = {k: self.zeros(k, scope) for k in self.keys_under(scope)}
 
             def cond_fun(carry):
                 return self.eval(p["cond_jaxpr"], [*cconsts, *carry[0]], (*path, 0))[0][0]
@@ -158,7 +172,48 @@ class _Interpreter:
 
             c, s = jax.lax.while_loop(cond_fun, body_fun, (list(init), s0))
             return list(c), s
-        raise AssertionError(f"uses inside {name} at {path}")  # pragma: no cover
+        raise AssertionError(f"structured: {name} at {path}")  # pragma: no cover
+
+
+class _UseInterpreter(Evaluator):
+    """The evaluator of :func:`interpret`: the hook's statistics at every recorded use."""
+
+    def __init__(self, graph: ModelGraph, hook: Hook):
+        self.hook = hook
+        self.uses_at: dict[Path, list[ParamUse]] = {}
+        self.prefixes: set[Path] = set()
+        self.specs: dict[tuple[Path, int], Any] = {}
+        self.by_key: dict[tuple[Path, int], ParamUse] = {}
+        for u in graph.uses:
+            self.uses_at.setdefault(u.path, []).append(u)
+            self.prefixes.update(u.path[:k] for k in range(1, len(u.path)))
+            act = jax.ShapeDtypeStruct(u.activation_shape, u.activation_dtype)
+            w = jax.ShapeDtypeStruct(u.weight_shape, u.weight_dtype)
+            self.specs[u.key] = jax.eval_shape(lambda a, w, u=u: hook(u, a, w), act, w)
+            self.by_key[u.key] = u
+        self.uses = graph.uses
+
+    def enters(self, path):
+        return path in self.prefixes
+
+    def primitive(self, eqn, path, ins):
+        acc = {
+            u.key: self.hook(u, ins[u.activation_operand], ins[u.weight_operand])
+            for u in self.uses_at.get(path, ())
+        }
+        return bind_equation(eqn, ins), acc
+
+    def keys_under(self, prefix):
+        return [u.key for u in self.uses if u.path[: len(prefix)] == prefix]
+
+    def zeros(self, key, scope):
+        """Zero stats of a use as seen from the jaxpr at ``scope`` (inner scans stacked)."""
+        use = self.by_key[key]
+        lead = tuple(n for p, _, n in use.view.scans if p[: len(scope)] == scope)
+        return jax.tree.map(lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), self.specs[key])
+
+    def stacked(self, key, scan_path):
+        return any(s[0] == scan_path for s in self.by_key[key].view.scans)
 
 
 def interpret(graph: ModelGraph, hook: Hook, params: Any, *args: Any) -> tuple[Any, dict]:
@@ -198,15 +253,15 @@ def interpret(graph: ModelGraph, hook: Hook, params: Any, *args: Any) -> tuple[A
     flat, in_tree = jax.tree.flatten((params, *args))
     if in_tree != graph.in_tree:
         raise ValueError(
-            f"interpret: (params, *args) has structure {in_tree}, the graph was traced with "
-            f"{graph.in_tree}"
+            f"interpret: (params, *args) has {len(flat)} leaves in another structure than "
+            f"the {len(graph.jaxpr.jaxpr.invars)} leaves the graph was traced with"
         )
     for i, (x, v) in enumerate(zip(flat, graph.jaxpr.jaxpr.invars, strict=True)):
         if tuple(np.shape(x)) != tuple(v.aval.shape):
             raise ValueError(
                 f"interpret: input leaf {i} has shape {np.shape(x)}, traced with {v.aval.shape}"
             )
-    interp = _Interpreter(graph, hook)
+    interp = _UseInterpreter(graph, hook)
     outs, stats = interp.eval(graph.jaxpr, flat, ())
     return jax.tree.unflatten(graph.out_tree, outs), stats
 

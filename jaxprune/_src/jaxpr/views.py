@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
+
 from jaxprune._src.jaxpr.walk import IDENTITY_PRIMITIVES, Path
 
 Block = tuple[tuple[int, ...], tuple[int, ...]]
@@ -110,6 +112,29 @@ class WeightView:
     def _with_blocks(self, blocks) -> WeightView:
         blocks = tuple((tuple(lx), tuple(ox)) for lx, ox in blocks if lx or ox)
         return dataclasses.replace(self, blocks=blocks)
+
+    @property
+    def is_whole(self) -> bool:
+        """Whether the value holds every element of the leaf, once (no slices, no scans)."""
+        return not self.slices and not self.scans
+
+    def apply(self, leaf: np.ndarray, operand_shape: Sequence[int]) -> np.ndarray:
+        """The value this view is, computed from the leaf's value (requires :attr:`is_whole`).
+
+        Args:
+          leaf: the leaf's value (of :attr:`leaf_shape`).
+          operand_shape: the shape of the value.
+
+        Returns:
+          ``leaf`` with the view's layout changes applied (a NumPy array).
+        """
+        if not self.is_whole:
+            raise ValueError("WeightView.apply: a sliced or scanned view")
+        leaf_order = [a for lx, _ in self.blocks for a in lx]
+        op_order = [o for _, ox in self.blocks for o in ox]
+        x = np.transpose(np.asarray(leaf), leaf_order)
+        x = np.reshape(x, [operand_shape[o] for o in op_order])
+        return np.transpose(x, np.argsort(op_order))
 
     # Layout transfer functions: each returns the new view, or a str saying why not.
 

@@ -24,9 +24,17 @@ class Scalar:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelConstants:
-    """Per candidate group root: a tuple of per-channel constants (None: unknown)."""
+    """Per candidate group root: a tuple of per-channel constants (None: unknown).
+
+    ``sub`` refines this along one other small axis of the value: ``(g, h, table)`` with
+    ``table[j][i]`` the constant of the slice where group ``g`` is ``j`` and the axis whose
+    (single) dimension is ``h`` is ``i`` (a gemma gating kernel ``(2, D, F)`` whose up half
+    alone is zero on unit ``j``). It lives through layout changes and matmuls (the weight's
+    zeros) until a slice picks indices of ``h``.
+    """
 
     entries: tuple = ()
+    sub: tuple = ()
 
     def get(self, g):
         for r, v in self.entries:
@@ -95,7 +103,13 @@ class Constants(mg.Visitor):
             if isinstance(f, Scalar):
                 return [f]
             keep = set(self._groups(out_dims[0]))
-            return [ChannelConstants(tuple((g, v) for g, v in f.entries if g in keep))]
+            kept = {g: v for g, v in f.entries if g in keep}
+            if name == "slice" and f.sub:
+                kept = self._slice_sub(eqn, f, in_dims[0], kept, keep)
+            alive = {a for dd in out_dims[0] for a in self.d.atoms(dd)}
+            same = name in VIEW_PRIMITIVES or name == "slice"
+            sub = tuple(s for s in f.sub if same and s[0] in keep and s[1] in alive)
+            return [ChannelConstants(tuple(kept.items()), sub)]
         if name in ("reduce_sum", "reduce_window_sum"):
             f = facts[0]
             keep = set(self._groups(out_dims[0]))
@@ -117,6 +131,30 @@ class Constants(mg.Visitor):
             return [ChannelConstants(tuple(entries))]
         return [EMPTY] * n_out
 
+    def _slice_sub(self, eqn, f, x_dims, entries, keep):
+        """Channel constants of a slice that picks indices of a ``sub`` entry's axis."""
+        p = eqn.params
+        in_shape = eqn.invars[0].aval.shape
+        strides = p["strides"] or (1,) * len(in_shape)
+        entries = dict(entries)
+        for g, h, table in f.sub:
+            if g not in keep:
+                continue
+            axes = [a for a, dd in enumerate(x_dims) if self.d.atoms(dd) == [h]]
+            if len(axes) != 1:
+                continue
+            (a,) = axes
+            picked = list(range(p["start_indices"][a], p["limit_indices"][a], strides[a]))
+            if len(picked) == in_shape[a]:
+                continue
+            vals = []
+            for row in table:
+                cs = {row[i] for i in picked}
+                vals.append(cs.pop() if len(cs) == 1 else None)
+            old = entries.get(g, (None,) * len(vals))
+            entries[g] = tuple(o if o is not None else v for o, v in zip(old, vals, strict=True))
+        return entries
+
     def _dot(self, eqn, facts, in_dims, out_dims):
         (lc, rc), (_lb, _rb) = eqn.params["dimension_numbers"]
         entries = []
@@ -133,7 +171,16 @@ class Constants(mg.Visitor):
                 entries.append(
                     (g, tuple(0 if any(v[j] == 0 for v in vals) else None for j in range(n)))
                 )
-        return ChannelConstants(tuple(entries))
+        sub = []
+        for f, dims, contracted in ((facts[0], in_dims[0], lc), (facts[1], in_dims[1], rc)):
+            if not isinstance(f, ChannelConstants):
+                continue
+            free = {a for b, dd in enumerate(dims) if b not in contracted for a in self.d.atoms(dd)}
+            for g, h, table in f.sub:
+                if g in free and h in free:
+                    zeros = tuple(tuple(0 if x == 0 else None for x in row) for row in table)
+                    sub.append((g, h, zeros))
+        return ChannelConstants(tuple(entries), tuple(sub))
 
     def _elementwise(self, eqn, facts, in_dims, out_dims):
         groups = self._groups(out_dims)
@@ -214,4 +261,33 @@ def slice_constants(x: np.ndarray, axis: int, factor_sizes, pos: int) -> tuple:
     lo, hi = x.min(axis=1), x.max(axis=1)
     return tuple(
         lo[j].item() if lo[j] == hi[j] and np.isfinite(lo[j]) else None for j in range(len(lo))
+    )
+
+
+SUB_AXIS_MAX = 16
+"""The largest axis along which channel constants are refined (:attr:`ChannelConstants.sub`)."""
+
+
+def slice_constants_by(
+    x: np.ndarray, axis: int, factor_sizes, pos: int, other: int
+) -> tuple | None:
+    """Per index ``j`` of factor ``pos`` of ``axis`` and index ``i`` of axis ``other``: the
+    common value of that slice, or None; None overall when it tells nothing more than
+    :func:`slice_constants`."""
+    n = factor_sizes[pos]
+    shape = list(x.shape)
+    y = np.reshape(x, shape[:axis] + list(factor_sizes) + shape[axis + 1 :])
+    o = other if other < axis else other + len(factor_sizes) - 1
+    y = np.moveaxis(y, [axis + pos, o], [0, 1])
+    y = np.reshape(y, (n, shape[other], -1))
+    if y.shape[2] == 0:
+        return None
+    lo, hi = y.min(axis=2), y.max(axis=2)
+    known = (lo == hi) & np.isfinite(lo)
+    whole = known.all(axis=1) & (lo == lo[:, :1]).all(axis=1)  # what slice_constants knows
+    if not (known & ~whole[:, None]).any():
+        return None
+    return tuple(
+        tuple(lo[j, i].item() if known[j, i] else None for i in range(shape[other]))
+        for j in range(n)
     )

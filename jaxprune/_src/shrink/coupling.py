@@ -260,25 +260,137 @@ class Coupler(mg.Visitor):
                     d.block(x[a], f"{name} along the axis")
                     out.append(d.new(shape[a], (ctx.path, "out", 0, a), f"{name} along it"))
             return [out]
+        if name == "split":
+            return self._split(ctx, dims_in[0])
         if name == "concatenate":
-            shape, cat = out_shapes[0], p["dimension"]
+            return [self._concatenate(ctx, dims_in, out_shapes[0])]
+        if name == "dynamic_slice":
+            x, shape = dims_in[0], out_shapes[0]
+            in_shape = eqn.invars[0].aval.shape
             out = []
             for a in range(len(shape)):
-                if a == cat:
-                    for x in dims_in:
-                        d.block(x[a], "concatenated along the axis")
-                    out.append(d.new(shape[a], (ctx.path, "out", 0, a), "concatenated axis"))
+                if shape[a] == in_shape[a]:
+                    out.append(x[a])
                 else:
-                    for x in dims_in[1:]:
-                        d.unify(dims_in[0][a], x[a])
-                    out.append(dims_in[0][a])
+                    d.block(x[a], "dynamic_slice along the axis")
+                    out.append(d.new(shape[a], (ctx.path, "out", 0, a), "dynamic_slice"))
             return [out]
+        if name == "dynamic_update_slice":
+            x, u = dims_in[0], dims_in[1]
+            in_shape, u_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            for a in range(len(in_shape)):
+                if u_shape[a] == in_shape[a]:
+                    d.unify(x[a], u[a])
+                else:
+                    d.block(x[a], "dynamic_update_slice along the axis")
+                    d.block(u[a], "dynamic_update_slice along the axis")
+            return [list(x)]
+        if name == "gather":
+            return [self._gather(ctx, dims_in, out_shapes[0])]
         # Anything else: every axis it touches is left whole.
         reason = f"used by {name}, which shrink does not follow"
         for x in dims_in:
             for dd in x:
                 d.block(dd, reason)
         return [self._fresh(ctx, i, s, reason) for i, s in enumerate(out_shapes)]
+
+    def _pieces(self, ctx, dim, n: int, size: int, reason: str):
+        """``dim`` (an axis of ``n * size`` elements) as ``n`` row-major pieces of ``size``:
+        the dimension of one piece (the piece index itself is blocked), or None when the
+        axis is already merged in another way (then it is blocked)."""
+        d = self.d
+        atoms = d.atoms(dim)
+        runs = align([d.size[a] for a in atoms], [n, size]) if atoms else None
+        if runs is not None:
+            (p0, p1), (w0, w1) = runs
+            for a in atoms[p0:p1]:
+                d.block(a, reason)
+            within = tuple(atoms[w0:w1])
+            return within[0] if len(within) == 1 else within
+        if len(atoms) == 1:
+            piece = d.new(n, (ctx.path, "piece"), reason)
+            within = d.new(size, (ctx.path, "within"))
+            d.expansion[atoms[0]] = tuple(x for x in (piece, within) if x is not None)
+            return within
+        d.block(dim, reason)
+        return None
+
+    def _split(self, ctx, x) -> list[list]:
+        p, d = ctx.eqn.params, self.d
+        axis, sizes = p["axis"], [int(s) for s in p["sizes"]]
+        outs = [list(x) for _ in sizes]
+        if len(sizes) == 1:
+            return outs
+        reason = "split into pieces of different sizes along the axis"
+        if len(set(sizes)) == 1 and x[axis] is not None:
+            within = self._pieces(ctx, x[axis], len(sizes), sizes[0], "split along the axis")
+            if within is not None or sizes[0] == 1:
+                for o in outs:
+                    o[axis] = within
+                return outs
+            reason = "split along an axis merged in another way"
+        d.block(x[axis], reason)
+        for i, (o, s) in enumerate(zip(outs, sizes, strict=True)):
+            o[axis] = d.new(s, (ctx.path, "out", i, axis), reason)
+        return outs
+
+    def _concatenate(self, ctx, dims_in, shape) -> list:
+        p, d = ctx.eqn.params, self.d
+        cat = p["dimension"]
+        out: list = []
+        for a in range(len(shape)):
+            if a != cat:
+                for x in dims_in[1:]:
+                    d.unify(dims_in[0][a], x[a])
+                out.append(dims_in[0][a])
+        sizes = [v.aval.shape[cat] for v in ctx.eqn.invars]
+        if len(sizes) == 1:
+            out.insert(cat, dims_in[0][cat])
+            return out
+        if len(set(sizes)) == 1:
+            # Equal pieces map back: the axis is (piece, within), the pieces share `within`.
+            for x in dims_in[1:]:
+                d.unify(dims_in[0][cat], x[cat])
+            piece = d.new(len(sizes), (ctx.path, "piece"), "concatenated pieces along the axis")
+            within = dims_in[0][cat]
+            merged = tuple(x for x in (piece, within) if x is not None)
+            out.insert(cat, merged[0] if len(merged) == 1 else merged)
+            return out
+        for x in dims_in:
+            d.block(x[cat], "concatenated with pieces of other sizes along the axis")
+        out.insert(cat, d.new(shape[cat], (ctx.path, "out", 0, cat), "concatenated axis"))
+        return out
+
+    def _gather(self, ctx, dims_in, shape) -> list:
+        """Operand axes taken whole (an embedding's feature axis) pass through; the output's
+        batch axes are the indices' axes; every other operand axis is left whole."""
+        p, d = ctx.eqn.params, self.d
+        x, idx = dims_in[0], dims_in[1]
+        dn = p["dimension_numbers"]
+        in_shape = ctx.eqn.invars[0].aval.shape
+        batching = tuple(getattr(dn, "operand_batching_dims", ()))
+        offset_src = [
+            a
+            for a in range(len(in_shape))
+            if a not in dn.collapsed_slice_dims and a not in batching
+        ]
+        out: list = [None] * len(shape)
+        for o, a in zip(dn.offset_dims, offset_src, strict=True):
+            if p["slice_sizes"][a] == in_shape[a] and a not in dn.start_index_map:
+                out[o] = x[a]
+            else:
+                d.block(x[a], "gathered along the axis")
+                out[o] = d.new(shape[o], (ctx.path, "out", 0, o), "gathered along the axis")
+        for a in range(len(in_shape)):
+            if a not in offset_src:
+                d.block(x[a], "gathered along the axis")
+        batch_out = [o for o in range(len(shape)) if o not in dn.offset_dims]
+        paired = len(batch_out) == len(idx) - 1
+        for k, o in enumerate(batch_out):
+            out[o] = idx[k] if paired else None
+            if out[o] is None:
+                out[o] = d.new(shape[o], (ctx.path, "out", 0, o), "gathered along the axis")
+        return out
 
     def _reshape(self, ctx, x, in_shape, out_shape) -> list:
         d = self.d

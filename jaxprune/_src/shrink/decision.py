@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -11,15 +12,61 @@ import numpy as np
 from jaxprune._src import jaxpr as mg
 from jaxprune._src.shrink.constants import EMPTY, ChannelConstants, Scalar, slice_constants, vec
 
+_OUTPUT_LAYOUT = frozenset(
+    {"transpose", "reshape", "squeeze", "convert_element_type", "copy", "copy_p"}
+)
+"""Primitives between a matmul and its bias add that a fold is followed through."""
 
-def contracted_groups(graph, coupler, dims, path) -> list[int]:
-    eqn = graph.eqn(path)
-    x, _w = coupler.in_dims[path][:2]
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionSpec:
+    """An input-independent constant ``small_fn`` adds after a matmul (``constants=True``).
+
+    Attributes:
+      weight: index of the weight leaf of that matmul.
+      name: its name.
+      values: the removed channels' constant activations along the matmul's contracted
+        activation axes (zeros elsewhere), in the activation's axis order.
+      dense: the (masked) dense value of the weight operand.
+    """
+
+    weight: int
+    name: str
+    values: np.ndarray = dataclasses.field(repr=False)
+    dense: np.ndarray = dataclasses.field(repr=False)
+
+
+def contraction_axes(eqn, k):
+    """``(activation contracted dims, weight contracted dims)`` of a matmul whose weight is
+    operand ``k``."""
     if eqn.primitive.name == "dot_general":
-        (lc, _), _ = eqn.params["dimension_numbers"]
-        return [a for c in lc for a in dims.atoms(x[c])]
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        return (rc, lc) if k == 0 else (lc, rc)
     dn = eqn.params["dimension_numbers"]
-    return dims.atoms(x[dn.lhs_spec[1]])
+    return (dn.lhs_spec[1],), (dn.rhs_spec[1],)
+
+
+def correction_value(eqn, k, spec: CorrectionSpec) -> np.ndarray | str:
+    """The full-size constant that ``spec``'s channels add to the output of ``eqn``, or why
+    it cannot be computed here."""
+    x_shape = tuple(eqn.invars[1 - k].aval.shape)
+    ac, _ = contraction_axes(eqn, k)
+    if tuple(x_shape[a] for a in ac) != spec.values.shape or tuple(
+        eqn.invars[k].aval.shape
+    ) != tuple(spec.dense.shape):
+        return "the matmul's contracted axes have other sizes at these input shapes"
+    shape = [1] * len(x_shape)
+    for a in ac:
+        shape[a] = x_shape[a]
+    xfull = np.transpose(spec.values, np.argsort(ac)).reshape(shape)
+    if eqn.primitive.name == "conv_general_dilated":
+        for a in eqn.params["dimension_numbers"].lhs_spec[2:]:
+            shape[a] = x_shape[a]
+        xfull = np.broadcast_to(xfull, shape)
+    ops = [jnp.asarray(xfull, eqn.invars[1 - k].aval.dtype), jnp.asarray(spec.dense)]
+    with jax.ensure_compile_time_eval():
+        full = mg.bind_equation(eqn, ops if k == 1 else ops[::-1], eqn.params)[0]
+    return np.asarray(full)
 
 
 class Decision:
@@ -29,8 +76,9 @@ class Decision:
         self.graph, self.c, self.d, self.k = graph, coupler, dims, consts
         self.uses, self.leaves, self.members = uses, leaves, members
         self.param_dims = param_dims
+        self.weight_leaves = {u.leaf for u in graph.uses}
         self.constants = True
-        self.corrections: dict[mg.Path, jax.Array] = {}
+        self.corrections: list[CorrectionSpec] = []
         self.why: dict[tuple[int, int | np.integer], str] = {}
         self.fold_report: list[dict] = []
 
@@ -42,20 +90,12 @@ class Decision:
             vec(f, g, n) if isinstance(f, Scalar | ChannelConstants) else (None,) * n for f in facts
         ]
 
-    def _weight(self, path):
-        """(weight operand index, ParamUse) when one operand is a leaf used as it is."""
+    def weight_use(self, path):
+        """(weight operand index, ParamUse) when one operand is a whole leaf, up to layout
+        (a transpose, a reshape, a dtype conversion)."""
         for k in (0, 1):
             u = self.uses.get((path, k))
-            if u is None:
-                continue
-            v = u.view
-            identity = (
-                not v.slices
-                and not v.scans
-                and all(lx == ox and len(lx) == 1 for lx, ox in v.blocks)
-                and len(v.blocks) == len(v.leaf_shape)
-            )
-            if identity:
+            if u is not None and u.view.is_whole:
                 return k, u
         return None
 
@@ -76,22 +116,34 @@ class Decision:
                 )
         elif eqn.params["dimension_numbers"][1] != ((), ()):
             return None, "the next matmul has batch dimensions"
-        if self._weight(path) is None:
+        if self.weight_use(path) is None:
             return None, "the other operand of the next matmul is not a parameter used as is"
-        cons = self.c.consumers.get((path, 0), set())
         no_bias = "the next matmul has no bias to fold the constant into"
-        if len(cons) != 1:
-            return None, no_bias
-        (use,) = cons
-        if use == ("out",) or self.graph.eqn(use[0]).primitive.name != "add":
-            return None, no_bias
-        cpath, k = use
-        leaf = self.c.in_srcs[cpath][1 - k]
-        if leaf is None:
-            return None, no_bias
+        vid = (path, 0)
+        # Follow the matmul's output through layout changes (equinox under vmap transposes
+        # it) and additions of other values (torch-style ``x + h @ W.T + b`` adds the
+        # residual first) to the add of a parameter: adding the constant there is exact.
+        while True:
+            cons = self.c.consumers.get(vid, set())
+            if len(cons) != 1:
+                return None, no_bias
+            (use,) = cons
+            if use == ("out",):
+                return None, no_bias
+            name = self.graph.eqn(use[0]).primitive.name
+            if name in _OUTPUT_LAYOUT:
+                vid = (use[0], 0)
+                continue
+            if name != "add":
+                return None, no_bias
+            cpath, k = use
+            leaf = self.c.in_srcs[cpath][1 - k]
+            if leaf is not None:
+                break
+            vid = (cpath, 0)
         if len(self.c.leaf_uses.get(leaf, ())) != 1:
             return None, "the next matmul's bias is used more than once"
-        k, _ = self._weight(path)
+        k, _ = self.weight_use(path)
         w_dims = self.c.in_dims[path][k]
         if eqn.primitive.name == "dot_general":
             wc = eqn.params["dimension_numbers"][0][k]
@@ -109,7 +161,7 @@ class Decision:
         leaf, reason = self._fold_target(path)
         if leaf is not None:
             return "fold", leaf
-        if self.constants and not self.c.sites[path] and self._weight(path) is not None:
+        if self.constants and not self.c.sites[path] and self.weight_use(path) is not None:
             return "correct", None
         return None, reason
 
@@ -120,7 +172,7 @@ class Decision:
             lhs, rhs = self._sides(path, g)
             zero = np.array([lhs[j] == 0 or rhs[j] == 0 for j in range(n)])
             const = np.zeros(n, bool)
-            w = self._weight(path)
+            w = self.weight_use(path)
             if w is not None and not zero.all():
                 k, _ = w
                 act = (lhs, rhs)[1 - k]
@@ -140,7 +192,7 @@ class Decision:
         return np.flatnonzero(ok)
 
     def _name(self, path):
-        w = self._weight(path)
+        w = self.weight_use(path)
         if w is not None:
             return f"the matmul with {w[1].name}"
         for k in (0, 1):
@@ -155,19 +207,15 @@ class Decision:
         out: dict[int, np.ndarray] = {}
         paths = sorted({p for g in removed for p in sites_of.get(g, ())})
         for path in paths:
-            w = self._weight(path)
+            w = self.weight_use(path)
             if w is None:
                 continue
             k, use = w
             eqn = self.graph.eqn(path)
             x_dims = self.c.in_dims[path][1 - k]
             x_shape = tuple(eqn.invars[1 - k].aval.shape)
-            if eqn.primitive.name == "dot_general":
-                (lc, rc), _ = eqn.params["dimension_numbers"]
-                ac, wc = (rc, lc) if k == 0 else (lc, rc)
-            else:
-                dn = eqn.params["dimension_numbers"]
-                ac, wc = (dn.lhs_spec[1],), (dn.rhs_spec[1],)
+            ac, wc = contraction_axes(eqn, k)
+            dn = eqn.params["dimension_numbers"]
             xc = np.zeros([x_shape[a] for a in ac])
             count = 0
             for i, a in enumerate(ac):
@@ -193,21 +241,12 @@ class Decision:
             if not count:
                 continue
             mode, leaf = self._const_mode(path)
+            wval = use.view.apply(self.leaves[use.leaf], use.weight_shape)
             if mode == "correct":
-                shape = [1] * len(x_shape)
-                for a in ac:
-                    shape[a] = x_shape[a]
-                xfull = np.transpose(xc, np.argsort(ac)).reshape(shape)
-                if eqn.primitive.name == "conv_general_dilated":
-                    for a in dn.lhs_spec[2:]:
-                        shape[a] = x_shape[a]
-                    xfull = np.broadcast_to(xfull, shape)
-                ops = [jnp.asarray(xfull, eqn.invars[1 - k].aval.dtype), self.leaves[use.leaf]]
-                full = mg.bind_equation(eqn, ops if k == 1 else ops[::-1], eqn.params)[0]
-                self.corrections[path] = take_dims(full, self.c.out_dims[path][0], kept, self.d)
+                self.corrections.append(CorrectionSpec(use.leaf, use.name, xc, wval))
                 self.fold_report.append({"bias": None, "weight": use.name, "channels": count})
                 continue
-            wval = self.leaves[use.leaf].astype(np.float64)
+            wval = wval.astype(np.float64)
             if eqn.primitive.name == "dot_general":
                 corr = np.tensordot(xc, wval, axes=(list(range(len(ac))), list(wc)))
                 free = [b for b in range(wval.ndim) if b not in wc]
@@ -238,8 +277,8 @@ class Decision:
                 continue
             zero = np.zeros(self.d.size[g], bool)
             for leaf, axis, pos, sizes in mem:
-                if self.leaves[leaf].ndim < 2:
-                    continue  # a pruned channel is a zero slice of a kernel
+                if leaf not in self.weight_leaves or self.leaves[leaf] is None:
+                    continue  # a pruned channel is a zero slice of a matmul's weight
                 vals = slice_constants(self.leaves[leaf], axis, sizes, pos)
                 zero |= np.array([v == 0 for v in vals])
             if zero.any():
@@ -259,8 +298,8 @@ class Decision:
             mem = self.members[g]
             zero = np.zeros(self.d.size[g], bool)
             for leaf, axis, pos, sizes in mem:
-                if self.leaves[leaf].ndim < 2:
-                    continue  # a pruned channel is a zero slice of a kernel
+                if leaf not in self.weight_leaves or self.leaves[leaf] is None:
+                    continue  # a pruned channel is a zero slice of a matmul's weight
                 vals = slice_constants(self.leaves[leaf], axis, sizes, pos)
                 zero |= np.array([v == 0 for v in vals])
             gone = set(removed.get(g, np.zeros(0, int)).tolist())

@@ -20,6 +20,7 @@ class Dims:
         self.expansion: dict[int, tuple[int, ...]] = {}  # root -> factor atoms (row-major)
         self.blocked: dict[int, str] = {}  # root -> why the group is left whole
         self.memo: dict[Any, Dim] = {}
+        self.outputs: set[int] = set()  # atoms of axes of fn's outputs
 
     def new(self, size: int, key: Any = None, blocked: str | None = None) -> Dim:
         if size == 1:
@@ -96,8 +97,32 @@ class Dims:
         elif eb is not None:
             self.expansion[ra] = eb
 
+    def mark_output(self, d: Dim) -> None:
+        """Records that ``d`` is an axis of one of ``fn``'s outputs (and blocks it)."""
+        if d is None:
+            return
+        self.block(d, "an output of fn")
+        roots = [self.find(x) for x in (d if isinstance(d, tuple) else (d,))]
+        self.outputs.update(roots + self.atoms(d))
+
+    def reaches_output(self, atom: int) -> bool:
+        """Whether the group of ``atom`` is (a factor of) an axis of one of ``fn``'s outputs."""
+        r = self.find(atom)
+        return any(self.find(o) == r for o in self.outputs)
+
     def finalize(self) -> None:
-        """Propagates blocks from merged axes to their factors (to a fixpoint)."""
+        """Propagates blocks (and output axes) from merged axes to their factors."""
+        changed = True
+        while changed:
+            changed = False
+            outs = {self.find(o) for o in self.outputs}
+            for r, e in list(self.expansion.items()):
+                if self.find(r) in outs:
+                    for a in self.atoms(e):
+                        if self.find(a) not in outs:
+                            self.outputs.add(a)
+                            outs.add(self.find(a))
+                            changed = True
         changed = True
         while changed:
             changed = False

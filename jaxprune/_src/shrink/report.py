@@ -26,6 +26,22 @@ class ShrinkReport:
         folded into, or None: added by ``small_fn`` as a constant, see
         :attr:`ShrunkFunction.corrections`).
       params_before, params_after: total parameter counts (elements).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxprune
+      >>> params = {"w1": jnp.array([[1., 0., 2.]]), "b1": jnp.array([0., 3., 1.]),
+      ...           "w2": jnp.array([[1.], [2.], [3.]]), "b2": jnp.array([0.5])}
+      >>> fn = lambda p, x: jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+      >>> _, small_fn = jaxprune.shrink(fn, params, jnp.ones((1, 1)))
+      >>> report = small_fn.report
+      >>> report.arrays["w1"], report.params_before, report.params_after
+      ({'axis': 1, 'kept': 2, 'removed': 1}, 10, 7)
+      >>> report.folded  # unit 1 emits relu(3) = 3: 3 * w2[1] went into b2
+      ({'bias': 'b2', 'weight': 'w2', 'channels': 1},)
+
+    References:
+      Li et al., "Pruning Filters for Efficient ConvNets", 2017,
+      https://arxiv.org/abs/1608.08710
     """
 
     arrays: dict
